@@ -1,0 +1,23 @@
+// The small CUDA runtime surface the rest of the addon uses; stubbed when built without nvcc.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace kvoff {
+
+struct CudaInfo {
+  bool built = false;       // compiled with nvcc
+  int deviceCount = 0;      // 0 when no driver or no GPU
+  int driverVersion = 0;    // e.g. 13000; 0 when no driver
+  int runtimeVersion = 0;   // cudart linked in; 0 when not built
+  std::string deviceName;   // device 0
+  std::string reason;       // why deviceCount is 0
+};
+
+CudaInfo cuda_info();
+bool cuda_usable();
+// Page-locks [p, p+bytes) for DMA; on failure returns false and says why.
+bool cuda_host_register(void* p, size_t bytes, std::string* why);
+void cuda_host_unregister(void* p);
+
+}  // namespace kvoff

@@ -1,0 +1,40 @@
+// KIVI low-bit quantization primitives, bit-exact with src/kernels/kivi.ts (fp32 arithmetic, no FMA).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace kvoff {
+
+// zero = min, scale = (max - min) / (2^b - 1); at 1 bit SpeCache's fix:
+// zero = (3 min + max) / 4, scale = (max - min) / 2, so the two levels sit at the quartiles.
+static inline void kivi_params(float mn, float mx, int bits, float* zero, float* scale) {
+  if (bits == 1) {
+    *zero = (3.0f * mn + mx) * 0.25f;
+    *scale = (mx - mn) * 0.5f;
+  } else {
+    *zero = mn;
+    *scale = (mx - mn) / static_cast<float>((1 << bits) - 1);
+  }
+}
+
+static inline int kivi_code(float x, float zero, float scale, int bits) {
+  const int levels = (1 << bits) - 1;
+  if (!(scale > 0.0f)) return 0;
+  const float v = std::floor((x - zero) / scale + 0.5f);
+  if (!(v >= 0.0f)) return 0;  // also NaN
+  return v > static_cast<float>(levels) ? levels : static_cast<int>(v);
+}
+
+static inline float kivi_dequant(int code, float zero, float scale) { return zero + scale * static_cast<float>(code); }
+
+// Packed rows: element i of a row occupies bits [(i*b) % 8, +b) of byte (i*b) / 8, little-endian.
+static inline void kivi_put(uint8_t* row, int i, int bits, int code) {
+  const int bit = i * bits;
+  row[bit >> 3] = static_cast<uint8_t>(row[bit >> 3] | (code << (bit & 7)));
+}
+static inline int kivi_get(const uint8_t* row, int i, int bits) {
+  const int bit = i * bits;
+  return (row[bit >> 3] >> (bit & 7)) & ((1 << bits) - 1);
+}
+
+}  // namespace kvoff

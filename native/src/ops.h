@@ -1,0 +1,10 @@
+// Registration of the native entry points, grouped by file.
+#pragma once
+#include <napi.h>
+
+namespace kvoff {
+void register_arena_ops(Napi::Env env, Napi::Object exports);
+void register_kv_ops(Napi::Env env, Napi::Object exports);
+void register_kivi_ops(Napi::Env env, Napi::Object exports);
+void register_merge_topk_ops(Napi::Env env, Napi::Object exports);
+}  // namespace kvoff

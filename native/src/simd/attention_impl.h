@@ -1,0 +1,119 @@
+// Chunked online-softmax attention over paged fp16/bf16 KV, templated on an ISA's row operations.
+// Included once per ISA translation unit inside that TU's own namespace (no shared inline symbols).
+#pragma once
+#include <cmath>
+#include <cstring>
+
+#include "simd/kernels.h"
+
+#ifndef KVOFF_PREFETCH_AHEAD
+#define KVOFF_PREFETCH_AHEAD 48
+#endif
+
+template <class Ops>
+void attend_head_impl(const kvoff::AttnTask& t) {
+  using kvoff::KvDtype;
+  const int D = t.headDim, G = t.groupSize, bs = t.blockSize;
+  constexpr int C = 16;  // tokens per chunk: one max/rescale per chunk instead of per token
+  constexpr int kPrefetchAhead = KVOFF_PREFETCH_AHEAD;  // tokens between the chunk in use and the one prefetched
+  const size_t need = static_cast<size_t>(G) * D + static_cast<size_t>(G) * C + 2 * static_cast<size_t>(D) + 2 * G + 64;
+  float* acc = kvoff::kernel_scratch(need);  // [G, D] unnormalised output
+  float* s = acc + G * D;        // [G, C] scores, then probabilities
+  float* kf = s + G * C;         // [D] one K row in fp32
+  float* vf = kf + D;            // [D] one V row in fp32
+  float* m = vf + D;             // [G] running max
+  float* l = m + G;              // [G] running sum of exp
+  for (int i = 0; i < G * D; ++i) acc[i] = 0.f;
+  for (int g = 0; g < G; ++g) { m[g] = -INFINITY; l[g] = 0.f; }
+
+  const size_t rowBytes = static_cast<size_t>(2) * D * 2;
+  const bool bf16 = t.dtype == KvDtype::BF16;
+  // Fast path: whole-row SIMD kernels that convert each K/V row once for all G query heads and
+  // keep the G output slices in registers. Needs headDim to be a multiple of the lane count.
+  const bool fast = Ops::kLanes > 0 && D % Ops::kLanes == 0;
+  int ex = 0;
+  for (int p0 = 0; p0 < t.numTokens;) {
+    const int b = p0 / bs, off = p0 % bs;
+    int n = bs - off;
+    if (n > C) n = C;
+    if (n > t.numTokens - p0) n = t.numTokens - p0;
+    const uint8_t* rows = t.region + static_cast<size_t>(t.blockIds[b]) * t.blockBytes +
+                          (static_cast<size_t>(t.kvHead) * bs + off) * rowBytes;
+    // Software prefetch of the next chunk: the hardware prefetcher alone leaves half the DRAM
+    // bandwidth unused here because compute is interleaved with the stream and blocks are scattered.
+    const int p1 = p0 + n + kPrefetchAhead;
+    if (p1 < t.numTokens) {
+      const int b1 = p1 / bs, off1 = p1 % bs;
+      int n1 = bs - off1;
+      if (n1 > C) n1 = C;
+      if (n1 > t.numTokens - p1) n1 = t.numTokens - p1;
+      const uint8_t* next = t.region + static_cast<size_t>(t.blockIds[b1]) * t.blockBytes +
+                            (static_cast<size_t>(t.kvHead) * bs + off1) * rowBytes;
+      const size_t nbytes = static_cast<size_t>(n1) * rowBytes;
+      for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(next + o, 0, 3);
+    }
+    bool live[C];
+    int nlive = 0;
+    for (int j = 0; j < n; ++j) {
+      const bool skip = ex < t.numExclude && t.exclude[ex] == p0 + j;
+      if (skip) ++ex;
+      live[j] = !skip;
+      nlive += !skip;
+      if (skip)
+        for (int g = 0; g < G; ++g) s[g * C + j] = -INFINITY;
+    }
+    if (fast) {
+      if (bf16) Ops::template scores<true>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C);
+      else Ops::template scores<false>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C);
+    } else {
+      for (int j = 0; j < n; ++j) {
+        if (!live[j]) continue;
+        const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
+        if (bf16) Ops::load_bf16(kf, k, D); else Ops::load_f16(kf, k, D);
+        for (int g = 0; g < G; ++g) s[g * C + j] = Ops::dot(t.q + g * D, kf, D) * t.scale;
+      }
+    }
+    if (nlive > 0) {
+      for (int g = 0; g < G; ++g) {
+        float* sg = s + g * C;
+        float cm = -INFINITY;
+        for (int j = 0; j < n; ++j) cm = sg[j] > cm ? sg[j] : cm;
+        const float mn = cm > m[g] ? cm : m[g];
+        if (mn > m[g]) {
+          const float alpha = m[g] == -INFINITY ? 0.f : std::exp(m[g] - mn);
+          Ops::scal(acc + g * D, alpha, D);
+          l[g] *= alpha;
+          m[g] = mn;
+        }
+        for (int j = 0; j < n; ++j) sg[j] -= mn;
+        Ops::exp_inplace(sg, n);
+        float sum = 0.f;
+        for (int j = 0; j < n; ++j) sum += sg[j];
+        l[g] += sum;
+      }
+      if (fast) {
+        if (bf16) Ops::template accumulate<true>(acc, G, D, rows, rowBytes, n, live, s, C);
+        else Ops::template accumulate<false>(acc, G, D, rows, rowBytes, n, live, s, C);
+      } else {
+        for (int j = 0; j < n; ++j) {
+          if (!live[j]) continue;
+          const uint16_t* v = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D;
+          if (bf16) Ops::load_bf16(vf, v, D); else Ops::load_f16(vf, v, D);
+          for (int g = 0; g < G; ++g) Ops::axpy(acc + g * D, s[g * C + j], vf, D);
+        }
+      }
+    }
+    p0 += n;
+  }
+  for (int g = 0; g < G; ++g) {
+    float* o = t.out + g * D;
+    if (l[g] == 0.f || m[g] == -INFINITY) {
+      for (int i = 0; i < D; ++i) o[i] = 0.f;
+      t.lse[g] = -INFINITY;
+      continue;
+    }
+    const float inv = 1.f / l[g];
+    for (int i = 0; i < D; ++i) o[i] = acc[g * D + i] * inv;
+    t.lse[g] = m[g] + std::log(l[g]);
+  }
+}

@@ -1,0 +1,89 @@
+// Runtime choice of the kernel table from CPUID, overridable with KVOFF_SIMD or set_simd().
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "simd/kernels.h"
+
+namespace kvoff {
+
+bool cpu_has(const char* f) {
+  __builtin_cpu_init();
+  if (!std::strcmp(f, "avx2")) return __builtin_cpu_supports("avx2");
+  if (!std::strcmp(f, "fma")) return __builtin_cpu_supports("fma");
+  if (!std::strcmp(f, "f16c")) {
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    return (c >> 29) & 1u;
+  }
+  if (!std::strcmp(f, "avx512f")) return __builtin_cpu_supports("avx512f");
+  if (!std::strcmp(f, "avx512bw")) return __builtin_cpu_supports("avx512bw");
+  if (!std::strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
+  if (!std::strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
+  if (!std::strcmp(f, "amx-tile") || !std::strcmp(f, "amx-bf16")) {
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    return !std::strcmp(f, "amx-tile") ? ((d >> 24) & 1u) : ((d >> 22) & 1u);
+  }
+  return false;
+}
+
+float* kernel_scratch(size_t floats) {
+  struct Buf {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf buf;
+  if (buf.n < floats) {
+    std::free(buf.p);
+    buf.p = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+    if (!buf.p) { buf.n = 0; throw std::bad_alloc(); }
+    buf.n = floats;
+  }
+  return buf.p;
+}
+
+static bool supports(const std::string& level) {
+  if (level == "scalar") return true;
+  if (level == "avx2") return cpu_has("avx2") && cpu_has("fma") && cpu_has("f16c");
+  if (level == "avx512")
+    return cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq") && cpu_has("f16c") && cpu_has("fma");
+  return false;
+}
+
+static const KernelTable* best() {
+  if (supports("avx512")) return &kernels_avx512();
+  if (supports("avx2")) return &kernels_avx2();
+  return &kernels_scalar();
+}
+
+static const KernelTable* by_name(const std::string& level) {
+  if (level == "auto") return best();
+  if (!supports(level)) return nullptr;
+  if (level == "avx512") return &kernels_avx512();
+  if (level == "avx2") return &kernels_avx2();
+  return &kernels_scalar();
+}
+
+static std::atomic<const KernelTable*> g_active{nullptr};
+
+const KernelTable& active_kernels() {
+  const KernelTable* t = g_active.load(std::memory_order_acquire);
+  if (t) return *t;
+  const char* env = std::getenv("KVOFF_SIMD");
+  t = env ? by_name(env) : nullptr;
+  if (!t) t = best();
+  g_active.store(t, std::memory_order_release);
+  return *t;
+}
+
+bool set_simd(const std::string& level) {
+  const KernelTable* t = by_name(level);
+  if (!t) return false;
+  g_active.store(t, std::memory_order_release);
+  return true;
+}
+
+}  // namespace kvoff

@@ -1,0 +1,50 @@
+// The table of ISA-specific kernels (scalar, AVX2, AVX-512), picked once at run time.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "half.h"
+
+namespace kvoff {
+
+// Exact attention of one GQA query group over one KV head of a list of paged blocks.
+// Host block layout: [numKvHeads, blockSize, 2 (K then V), headDim] of fp16/bf16.
+struct AttnTask {
+  const uint8_t* region;     // layer region: [numBlocks, blockBytes]
+  size_t blockBytes;         // numKvHeads * blockSize * 2 * headDim * 2
+  int blockSize;
+  int headDim;
+  KvDtype dtype;
+  const int32_t* blockIds;   // [ceil(numTokens / blockSize)] physical ids, logical order
+  int numTokens;
+  const int32_t* exclude;    // [numExclude] sorted positions in [0, numTokens) to skip
+  int numExclude;
+  int kvHead;
+  int groupSize;             // query heads sharing this KV head
+  const float* q;            // [groupSize, headDim]
+  float scale;               // usually 1/sqrt(headDim)
+  float* out;                // [groupSize, headDim]; zeros when nothing is attended
+  float* lse;                // [groupSize] natural-log sum of exp(scaled scores); -inf when empty
+};
+
+struct KernelTable {
+  const char* name;
+  void (*attend_head)(const AttnTask& task);
+};
+
+// Per-thread fp32 scratch, grown on demand. Lives in the scalar TU so that no std:: template is
+// instantiated inside the AVX translation units, where the linker could pick an AVX copy for all.
+float* kernel_scratch(size_t floats);
+
+const KernelTable& kernels_scalar();
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+
+// The table in use; set_simd("auto" | "scalar" | "avx2" | "avx512") changes it for the whole
+// process (all worker threads). Returns false if the CPU lacks the asked-for level.
+const KernelTable& active_kernels();
+bool set_simd(const std::string& level);
+bool cpu_has(const char* feature);  // "avx2", "avx512f", "f16c", "fma", "avx512bw", "amx-tile"
+
+}  // namespace kvoff

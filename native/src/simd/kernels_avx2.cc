@@ -1,0 +1,158 @@
+// AVX2 + FMA + F16C kernels (8 fp32 lanes). Compiled with -mavx2 -mfma -mf16c; only called when the CPU has them.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "simd/exp_poly.h"
+#include "simd/kernels.h"
+
+namespace kvoff_avx2 {
+static inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+  return _mm_cvtss_f32(lo);
+}
+static inline __m256 exp8(__m256 x) {
+  KVOFF_EXP_CONSTS
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kMinX), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kMinX)), _mm256_set1_ps(kMaxX));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kP0);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, p);  // exact 0 below the f32 range (and for -inf: masked tokens)
+}
+struct Ops {
+  static constexpr int kLanes = 8;
+  template <bool BF16>
+  static inline __m256 cvt(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if (BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+  }
+  // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
+  template <bool BF16, int GN>
+  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+    for (int j = 0; j < n; ++j) {
+      if (!live[j]) continue;
+      const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
+      __m256 acc[GN];
+      for (int i = 0; i < GN; ++i) acc[i] = _mm256_setzero_ps();
+      for (int c = 0; c < D; c += 8) {
+        const __m256 kv = cvt<BF16>(k + c);
+        for (int i = 0; i < GN; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
+      }
+      for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j] = hsum(acc[i]) * scale;
+    }
+  }
+  // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
+  template <bool BF16, int GN>
+  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+    for (int c = 0; c < D; c += 8) {
+      __m256 o[GN];
+      for (int i = 0; i < GN; ++i) o[i] = _mm256_loadu_ps(acc + (g0 + i) * D + c);
+      for (int j = 0; j < n; ++j) {
+        if (!live[j]) continue;
+        const __m256 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
+        for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
+      }
+      for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, o[i]);
+    }
+  }
+  template <bool BF16>
+  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+    for (int g0 = 0; g0 < G; g0 += 8) {
+      switch (G - g0 >= 8 ? 8 : G - g0) {
+        case 8: scores_n<BF16, 8>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 7: scores_n<BF16, 7>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 6: scores_n<BF16, 6>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 5: scores_n<BF16, 5>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 4: scores_n<BF16, 4>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 3: scores_n<BF16, 3>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 2: scores_n<BF16, 2>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        default: scores_n<BF16, 1>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+      }
+    }
+  }
+  template <bool BF16>
+  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+    for (int g0 = 0; g0 < G; g0 += 8) {
+      switch (G - g0 >= 8 ? 8 : G - g0) {
+        case 8: accumulate_n<BF16, 8>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 7: accumulate_n<BF16, 7>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 6: accumulate_n<BF16, 6>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 5: accumulate_n<BF16, 5>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 4: accumulate_n<BF16, 4>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 3: accumulate_n<BF16, 3>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 2: accumulate_n<BF16, 2>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        default: accumulate_n<BF16, 1>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+      }
+    }
+  }
+  static void load_f16(float* d, const uint16_t* s, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+    for (; i < n; ++i) d[i] = kvoff::f16_to_f32(s[i]);
+  }
+  static void load_bf16(float* d, const uint16_t* s, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+      _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    for (; i < n; ++i) d[i] = kvoff::bf16_to_f32(s[i]);
+  }
+  static float dot(const float* a, const float* b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum(_mm256_add_ps(s0, s1));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+  }
+  static void axpy(float* y, float a, const float* x, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * x[i];
+  }
+  static void scal(float* y, float a, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(va, _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] *= a;
+  }
+  static void exp_inplace(float* x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+      alignas(32) float tmp[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+      for (int j = i; j < n; ++j) tmp[j - i] = x[j];
+      _mm256_store_ps(tmp, exp8(_mm256_load_ps(tmp)));
+      for (int j = i; j < n; ++j) x[j] = tmp[j - i];
+    }
+  }
+};
+#include "simd/attention_impl.h"
+}  // namespace kvoff_avx2
+
+namespace kvoff {
+const KernelTable& kernels_avx2() {
+  static const KernelTable table{"avx2", &kvoff_avx2::attend_head_impl<kvoff_avx2::Ops>};
+  return table;
+}
+}  // namespace kvoff

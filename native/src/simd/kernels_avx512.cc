@@ -1,0 +1,153 @@
+// AVX-512 (F, BW, VL, DQ) kernels (16 fp32 lanes); only called when the CPU has AVX-512F and BW.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "simd/exp_poly.h"
+#include "simd/kernels.h"
+
+namespace kvoff_avx512 {
+static inline __m512 exp16(__m512 x) {
+  KVOFF_EXP_CONSTS
+  const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMinX), _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kMinX)), _mm512_set1_ps(kMaxX));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kP0);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  p = _mm512_scalef_ps(p, n);
+  return _mm512_maskz_mov_ps(ok, p);  // exact 0 below the f32 range (and for -inf: masked tokens)
+}
+struct Ops {
+  static constexpr int kLanes = 16;
+  template <bool BF16>
+  static inline __m512 cvt(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if (BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+  }
+  // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
+  template <bool BF16, int GN>
+  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+    for (int j = 0; j < n; ++j) {
+      if (!live[j]) continue;
+      const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
+      __m512 acc[GN];
+      for (int i = 0; i < GN; ++i) acc[i] = _mm512_setzero_ps();
+      for (int c = 0; c < D; c += 16) {
+        const __m512 kv = cvt<BF16>(k + c);
+        for (int i = 0; i < GN; ++i) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
+      }
+      for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j] = _mm512_reduce_add_ps(acc[i]) * scale;
+    }
+  }
+  // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
+  template <bool BF16, int GN>
+  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+    for (int c = 0; c < D; c += 16) {
+      __m512 o[GN];
+      for (int i = 0; i < GN; ++i) o[i] = _mm512_loadu_ps(acc + (g0 + i) * D + c);
+      for (int j = 0; j < n; ++j) {
+        if (!live[j]) continue;
+        const __m512 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
+        for (int i = 0; i < GN; ++i) o[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
+      }
+      for (int i = 0; i < GN; ++i) _mm512_storeu_ps(acc + (g0 + i) * D + c, o[i]);
+    }
+  }
+  template <bool BF16>
+  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+    for (int g0 = 0; g0 < G; g0 += 8) {
+      switch (G - g0 >= 8 ? 8 : G - g0) {
+        case 8: scores_n<BF16, 8>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 7: scores_n<BF16, 7>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 6: scores_n<BF16, 6>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 5: scores_n<BF16, 5>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 4: scores_n<BF16, 4>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 3: scores_n<BF16, 3>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        case 2: scores_n<BF16, 2>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+        default: scores_n<BF16, 1>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
+      }
+    }
+  }
+  template <bool BF16>
+  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+    for (int g0 = 0; g0 < G; g0 += 8) {
+      switch (G - g0 >= 8 ? 8 : G - g0) {
+        case 8: accumulate_n<BF16, 8>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 7: accumulate_n<BF16, 7>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 6: accumulate_n<BF16, 6>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 5: accumulate_n<BF16, 5>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 4: accumulate_n<BF16, 4>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 3: accumulate_n<BF16, 3>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        case 2: accumulate_n<BF16, 2>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+        default: accumulate_n<BF16, 1>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
+      }
+    }
+  }
+  static void load_f16(float* d, const uint16_t* s, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i))));
+    for (; i < n; ++i) d[i] = kvoff::f16_to_f32(s[i]);
+  }
+  static void load_bf16(float* d, const uint16_t* s, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+      _mm512_storeu_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+    for (; i < n; ++i) d[i] = kvoff::bf16_to_f32(s[i]);
+  }
+  static float dot(const float* a, const float* b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+      s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+      s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  }
+  static void axpy(float* y, float a, const float* x, int n) {
+    const __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(y + i, mk, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(mk, x + i), _mm512_maskz_loadu_ps(mk, y + i)));
+    }
+  }
+  static void scal(float* y, float a, int n) {
+    const __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(va, _mm512_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] *= a;
+  }
+  static void exp_inplace(float* x, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+      const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(x + i, mk, exp16(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, x + i)));
+    }
+  }
+};
+#include "simd/attention_impl.h"
+}  // namespace kvoff_avx512
+
+namespace kvoff {
+const KernelTable& kernels_avx512() {
+  static const KernelTable table{"avx512", &kvoff_avx512::attend_head_impl<kvoff_avx512::Ops>};
+  return table;
+}
+}  // namespace kvoff

@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+// The `kvoff` command line: parses flags with commander and hands off to one module per command.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { native } from '../native.js';
+import { attentionBandwidth, runSelfCheck } from '../selfcheck.js';
+
+const program = new Command();
+program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
+
+function backendOption(): Option {
+  return new Option('--backend <backend>', 'compute backend').choices(['auto', 'cpu', 'cuda']).default('auto');
+}
+
+function positiveInt(flag: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`Expected a positive integer for ${flag} but received "${value}".`);
+    return n;
+  };
+}
+
+program
+  .command('selfcheck')
+  .description('check every native kernel against its TypeScript reference, and time CPU attention')
+  .addOption(backendOption())
+  .option('--tokens <n>', 'context length for the attention timing', positiveInt('--tokens'), 32768)
+  .option('--json', 'print one JSON object')
+  .action((opts: { backend: string; tokens: number; json?: boolean }) => {
+    if (opts.backend === 'cuda' && native().buildInfo().cuda.deviceCount === 0) {
+      console.error(`kvoff: --backend cuda was asked for but no GPU is usable: ${native().buildInfo().cuda.reason}`);
+      process.exit(2);
+    }
+    const info = native().buildInfo();
+    const rows = runSelfCheck();
+    const bw = attentionBandwidth(opts.tokens);
+    const ok = rows.every((r) => r.ok);
+    if (opts.json) {
+      console.log(JSON.stringify({ ok, simd: info.simd, cuda: info.cuda, checks: rows, attention: { tokens: opts.tokens, ...bw } }));
+    } else {
+      console.log(`kvoff selfcheck — SIMD ${info.simd}; CUDA ${info.cuda.built ? 'built' : 'not built'}, ${info.cuda.deviceCount} GPU(s)${info.cuda.reason ? ` (${info.cuda.reason})` : ''}`);
+      console.table(rows.map((r) => ({ kernel: r.kernel, shape: r.shape, 'max error': r.maxError.toExponential(2), ok: r.ok ? 'yes' : 'NO' })));
+      console.log(`CPU attention, 1 thread, ${opts.tokens} tokens x 8 KV heads (D128, GQA 4, bf16): ${bw.ms.toFixed(2)} ms, KV read at ${bw.gbPerS.toFixed(1)} GB/s`);
+      console.log(ok ? 'all kernels match their references' : 'SOME KERNELS DIFFER FROM THEIR REFERENCES');
+    }
+    process.exitCode = ok ? 0 : 1;
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  console.error(`kvoff: ${(err as Error).message}`);
+  process.exit(1);
+});

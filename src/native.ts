@@ -1,0 +1,190 @@
+// The native addon's whole surface, typed once; every call maps native errors to kvoff's typed errors.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KvoffNativeError, fromNativeError } from './errors.js';
+
+export type KvDtype = 'f16' | 'bf16';
+export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
+
+/** A buffer inside a host arena, usable wherever a kernel takes a typed array. */
+export interface ArenaRef {
+  handle: number;
+  offset: number;
+}
+
+/** One layer's paged KV region in an arena: [numBlocks, numKvHeads, blockSize, 2 (K,V), headDim]. */
+export interface KvRegion {
+  handle: number;
+  offset: number;
+  numBlocks: number;
+  numKvHeads: number;
+  headDim: number;
+  blockSize: number;
+  dtype: KvDtype;
+}
+
+export interface KvAppendOptions extends KvRegion {
+  slots: Int32Array; // [n] slot = blockId * blockSize + offset
+  k: Float32Array; // [n, numKvHeads, headDim]
+  v: Float32Array; // [n, numKvHeads, headDim]
+}
+
+export interface KvAttendOptions extends KvRegion {
+  blockIds: Int32Array; // [>= ceil(numTokens / blockSize)] physical ids in logical order
+  numTokens: number;
+  kvHeads: Int32Array; // [nh] which KV heads to attend
+  groupSize: number; // query heads per KV head (GQA ratio)
+  q: Float32Array | ArenaRef; // [nh, groupSize, headDim]
+  scale: number;
+  out: Float32Array | ArenaRef; // [nh, groupSize, headDim]
+  lse: Float32Array | ArenaRef; // [nh, groupSize]
+  exclude?: Int32Array; // sorted positions in [0, numTokens) left out (attended elsewhere)
+}
+
+export interface KiviShape {
+  bits: 1 | 2 | 4;
+  headDim: number;
+  groupSize: number;
+}
+
+export interface KiviKeysOptions extends KiviShape {
+  numGroups: number;
+  src: Float32Array | ArenaRef; // [numGroups, groupSize, headDim]
+  codes: Uint8Array | ArenaRef; // [numGroups, groupSize, headDim * bits / 8]
+  zero: Float32Array | ArenaRef; // [numGroups, headDim]
+  scale: Float32Array | ArenaRef; // [numGroups, headDim]
+}
+
+export interface KiviKeysDequantOptions extends Omit<KiviKeysOptions, 'src'> {
+  out: Float32Array | ArenaRef; // [numGroups, groupSize, headDim]
+}
+
+export interface KiviValuesOptions extends KiviShape {
+  numTokens: number;
+  src: Float32Array | ArenaRef; // [numTokens, headDim]
+  codes: Uint8Array | ArenaRef; // [numTokens, headDim * bits / 8]
+  zero: Float32Array | ArenaRef; // [numTokens, headDim / groupSize]
+  scale: Float32Array | ArenaRef; // [numTokens, headDim / groupSize]
+}
+
+export interface KiviValuesDequantOptions extends Omit<KiviValuesOptions, 'src'> {
+  out: Float32Array | ArenaRef; // [numTokens, headDim]
+}
+
+export interface KiviScoreOptions extends Omit<KiviKeysOptions, 'src'> {
+  queryHeads: number;
+  q: Float32Array | ArenaRef; // [queryHeads, headDim]
+  out: Float32Array | ArenaRef; // [numGroups * groupSize]
+}
+
+export interface LseMergeOptions {
+  rows: number;
+  headDim: number;
+  oA: Float32Array | ArenaRef; // [rows, headDim]
+  lseA: Float32Array | ArenaRef; // [rows]
+  oB: Float32Array | ArenaRef;
+  lseB: Float32Array | ArenaRef;
+  out: Float32Array | ArenaRef; // may be oA or oB
+  lseOut: Float32Array | ArenaRef;
+}
+
+export interface TopKOptions {
+  rows: number;
+  n: number;
+  k: number;
+  scores: Float32Array | ArenaRef; // [rows, n]
+  out: Int32Array | ArenaRef; // [rows, k] best first; ties to the lower index; NaN last
+}
+
+export interface ArenaCreateResult {
+  handle: number;
+  bytes: number;
+  pinned: boolean;
+  method: 'cudaHostRegister' | 'mlock' | 'pageable';
+  warning?: string;
+}
+
+export interface BuildInfo {
+  simd: SimdLevel;
+  cpuFeatures: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'amx-tile' | 'amx-bf16', boolean>;
+  cuda: { built: boolean; deviceCount: number; driverVersion: number; runtimeVersion: number; deviceName: string; reason: string };
+}
+
+export interface NativeAddon {
+  arenaCreate(o: { bytes: number; pin?: boolean }): ArenaCreateResult;
+  arenaFree(o: { handle: number }): void;
+  arenaWrite(o: { handle: number; offset: number; data: Uint8Array }): void;
+  arenaRead(o: { handle: number; offset: number; bytes: number }): Uint8Array;
+  arenaTotals(): { count: number; bytes: number };
+  kvAppend(o: KvAppendOptions): void;
+  kvAttend(o: KvAttendOptions): void;
+  kiviQuantizeKeys(o: KiviKeysOptions): void;
+  kiviDequantizeKeys(o: KiviKeysDequantOptions): void;
+  kiviQuantizeValues(o: KiviValuesOptions): void;
+  kiviDequantizeValues(o: KiviValuesDequantOptions): void;
+  kiviScoreKeys(o: KiviScoreOptions): void;
+  lseMerge(o: LseMergeOptions): void;
+  topK(o: TopKOptions): void;
+  buildInfo(): BuildInfo;
+  setSimd(o: { level: SimdLevel | 'auto' }): SimdLevel;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function candidates(): string[] {
+  const list: string[] = [];
+  if (process.env.KVOFF_ADDON) list.push(process.env.KVOFF_ADDON);
+  // src/native.ts (tests) sits one level below the package root; dist/src/native.js two.
+  for (const up of ['..', join('..', '..')]) {
+    list.push(join(here, up, 'build', 'Release', 'kvoff.node'), join(here, up, 'build', 'Debug', 'kvoff.node'));
+  }
+  return list;
+}
+
+function load(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  const tried = candidates();
+  for (const path of tried) {
+    if (!existsSync(path)) continue;
+    try {
+      return require(path) as NativeAddon;
+    } catch (cause) {
+      throw new KvoffNativeError(
+        `Expected to load the kvoff native addon from ${path} but it failed: ${(cause as Error).message}. ` +
+          'Fix: rebuild it for this Node.js with `npm rebuild kvoff` (needs python3, make and a C++17 compiler); ' +
+          'if it was built on another machine or Node version, rebuild here.',
+        { cause },
+      );
+    }
+  }
+  throw new KvoffNativeError(
+    `Expected the kvoff native addon at one of ${tried.join(', ')} but found none. ` +
+      'Fix: run `npm install` (or `npm rebuild kvoff`) so node-gyp builds it; it needs python3, make and g++. ' +
+      'Set KVOFF_ADDON to a .node path to use a prebuilt one.',
+  );
+}
+
+function wrap(raw: NativeAddon): NativeAddon {
+  const out = {} as Record<string, unknown>;
+  for (const [name, fn] of Object.entries(raw)) {
+    if (typeof fn !== 'function') continue;
+    out[name] = (...args: unknown[]) => {
+      try {
+        return (fn as (...a: unknown[]) => unknown)(...args);
+      } catch (err) {
+        throw fromNativeError(err);
+      }
+    };
+  }
+  return out as unknown as NativeAddon;
+}
+
+let cached: NativeAddon | undefined;
+
+/** The loaded addon (loaded on first use, so that importing kvoff never throws). */
+export function native(): NativeAddon {
+  cached ??= wrap(load());
+  return cached;
+}
