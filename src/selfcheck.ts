@@ -107,6 +107,21 @@ export function runSelfCheck(): CheckRow[] {
   ];
 }
 
+/** Single-thread memcpy GB/s (bytes copied per second), best of 5 over 128 MiB: the yardstick for the attention kernel. */
+export function memcpyBandwidth(): number {
+  const n = 128 << 20;
+  const a = Buffer.alloc(n, 1);
+  const b = Buffer.alloc(n, 2);
+  a.copy(b);
+  let best = Infinity;
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    a.copy(b);
+    best = Math.min(best, performance.now() - t0);
+  }
+  return n / (best * 1e6);
+}
+
 /** GB/s of KV read by one thread's attention over `tokens` tokens (8 KV heads, D128, GQA 4, bf16). */
 export function attentionBandwidth(tokens: number): { gbPerS: number; ms: number } {
   const shape: PagedShape = { numBlocks: Math.ceil(tokens / 32), numKvHeads: 8, headDim: 128, blockSize: 32, dtype: 'bf16' };

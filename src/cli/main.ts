@@ -2,7 +2,7 @@
 // The `kvoff` command line: parses flags with commander and hands off to one module per command.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { native } from '../native.js';
-import { attentionBandwidth, runSelfCheck } from '../selfcheck.js';
+import { attentionBandwidth, memcpyBandwidth, runSelfCheck } from '../selfcheck.js';
 
 const program = new Command();
 program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
@@ -33,13 +33,14 @@ program
     const info = native().buildInfo();
     const rows = runSelfCheck();
     const bw = attentionBandwidth(opts.tokens);
+    const memcpy = memcpyBandwidth();
     const ok = rows.every((r) => r.ok);
     if (opts.json) {
-      console.log(JSON.stringify({ ok, simd: info.simd, cuda: info.cuda, checks: rows, attention: { tokens: opts.tokens, ...bw } }));
+      console.log(JSON.stringify({ ok, simd: info.simd, cuda: info.cuda, checks: rows, attention: { tokens: opts.tokens, ...bw, memcpyGbPerS: memcpy, ratioToMemcpy: bw.gbPerS / memcpy } }));
     } else {
       console.log(`kvoff selfcheck — SIMD ${info.simd}; CUDA ${info.cuda.built ? 'built' : 'not built'}, ${info.cuda.deviceCount} GPU(s)${info.cuda.reason ? ` (${info.cuda.reason})` : ''}`);
       console.table(rows.map((r) => ({ kernel: r.kernel, shape: r.shape, 'max error': r.maxError.toExponential(2), ok: r.ok ? 'yes' : 'NO' })));
-      console.log(`CPU attention, 1 thread, ${opts.tokens} tokens x 8 KV heads (D128, GQA 4, bf16): ${bw.ms.toFixed(2)} ms, KV read at ${bw.gbPerS.toFixed(1)} GB/s`);
+      console.log(`CPU attention, 1 thread, ${opts.tokens} tokens x 8 KV heads (D128, GQA 4, bf16): ${bw.ms.toFixed(2)} ms, KV read at ${bw.gbPerS.toFixed(1)} GB/s = ${((100 * bw.gbPerS) / memcpy).toFixed(0)}% of 1-thread memcpy (${memcpy.toFixed(1)} GB/s, same run)`);
       console.log(ok ? 'all kernels match their references' : 'SOME KERNELS DIFFER FROM THEIR REFERENCES');
     }
     process.exitCode = ok ? 0 : 1;

@@ -7,7 +7,7 @@
 #include "simd/kernels.h"
 
 #ifndef KVOFF_PREFETCH_AHEAD
-#define KVOFF_PREFETCH_AHEAD 48
+#define KVOFF_PREFETCH_AHEAD 64
 #endif
 
 template <class Ops>
