@@ -117,6 +117,7 @@ export interface NativeAddon {
   arenaFree(o: { handle: number }): void;
   arenaWrite(o: { handle: number; offset: number; data: Uint8Array }): void;
   arenaRead(o: { handle: number; offset: number; bytes: number }): Uint8Array;
+  arenaCopy(o: { srcHandle: number; srcOffset: number; dstHandle: number; dstOffset: number; bytes: number }): void;
   arenaTotals(): { count: number; bytes: number };
   kvAppend(o: KvAppendOptions): void;
   kvAttend(o: KvAttendOptions): void;

@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 
 #include "args.h"
@@ -60,6 +61,18 @@ Napi::Value ArenaRead(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// Copies bytes inside one arena or between two (copy-on-write of KV blocks); ranges may overlap.
+Napi::Value ArenaCopy(const Napi::CallbackInfo& info) {
+  Args a(info, "arenaCopy");
+  auto src = a.arena("srcHandle");
+  auto dst = a.arena("dstHandle");
+  const int64_t n = a.integer("bytes", 0, static_cast<int64_t>(std::min(src->bytes, dst->bytes)));
+  const int64_t so = a.integer("srcOffset", 0, static_cast<int64_t>(src->bytes) - n);
+  const int64_t d0 = a.integer("dstOffset", 0, static_cast<int64_t>(dst->bytes) - n);
+  std::memmove(dst->ptr + d0, src->ptr + so, static_cast<size_t>(n));
+  return a.env().Undefined();
+}
+
 Napi::Value ArenaTotals(const Napi::CallbackInfo& info) {
   size_t count = 0, bytes = 0;
   arena_totals(&count, &bytes);
@@ -106,6 +119,7 @@ void register_arena_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("arenaFree", Napi::Function::New(env, ArenaFree, "arenaFree"));
   exports.Set("arenaWrite", Napi::Function::New(env, ArenaWrite, "arenaWrite"));
   exports.Set("arenaRead", Napi::Function::New(env, ArenaRead, "arenaRead"));
+  exports.Set("arenaCopy", Napi::Function::New(env, ArenaCopy, "arenaCopy"));
   exports.Set("arenaTotals", Napi::Function::New(env, ArenaTotals, "arenaTotals"));
 }
 

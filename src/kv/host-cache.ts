@@ -1,0 +1,88 @@
+// HostKvCache: the full-precision paged KV cache of every layer in one page-locked arena, with the
+// sequence store's block tables shared by all layers (a token has one slot, in each layer's region).
+import { HostArena } from '../arena.js';
+import { KvoffArgumentError } from '../errors.js';
+import { native, type KvDtype, type KvRegion } from '../native.js';
+import { SequenceStore } from './sequence-store.js';
+
+export interface HostKvShape {
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+  blockSize: number;
+  numBlocks: number;
+  dtype: KvDtype;
+}
+
+/** Bytes of one block of one layer: [numKvHeads, blockSize, 2 (K,V), headDim] of 16-bit values. */
+export function kvBlockBytes(s: Pick<HostKvShape, 'numKvHeads' | 'headDim' | 'blockSize'>): number {
+  return s.numKvHeads * s.blockSize * 2 * s.headDim * 2;
+}
+
+export class HostKvCache {
+  readonly shape: HostKvShape;
+  readonly blockBytes: number;
+  readonly layerBytes: number;
+  readonly arena: HostArena; // [numLayers, numBlocks, numKvHeads, blockSize, 2, headDim]
+  readonly store: SequenceStore;
+
+  constructor(shape: HostKvShape, opts: { pin?: boolean } = {}) {
+    for (const key of ['numLayers', 'numKvHeads', 'headDim', 'blockSize', 'numBlocks'] as const) {
+      const v = shape[key];
+      if (!Number.isSafeInteger(v) || v < 1) throw new KvoffArgumentError(`HostKvCache ${key}`, 'a positive integer', v);
+    }
+    this.shape = { ...shape };
+    this.blockBytes = kvBlockBytes(shape);
+    this.layerBytes = this.blockBytes * shape.numBlocks;
+    this.store = new SequenceStore({ numBlocks: shape.numBlocks, blockSize: shape.blockSize });
+    try {
+      this.arena = new HostArena(this.layerBytes * shape.numLayers, opts);
+    } catch (err) {
+      this.store.dispose();
+      throw err;
+    }
+  }
+
+  static bytesFor(shape: HostKvShape): number {
+    return kvBlockBytes(shape) * shape.numBlocks * shape.numLayers;
+  }
+
+  region(layer: number): KvRegion {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.numLayers)
+      throw new KvoffArgumentError('layer', `an integer in [0, ${this.shape.numLayers - 1}]`, layer);
+    const { numBlocks, numKvHeads, headDim, blockSize, dtype } = this.shape;
+    return { handle: this.arena.handle, offset: layer * this.layerBytes, numBlocks, numKvHeads, headDim, blockSize, dtype };
+  }
+
+  /**
+   * Reserves slots for n new tokens of a sequence; copy-on-write of a shared partial block is done
+   * here, for every layer, before anyone writes. Returns the slots [n].
+   */
+  reserve(seqId: number, n: number): Int32Array {
+    const { slots, copies } = this.store.appendTokens(seqId, n);
+    for (let i = 0; i < copies.length; i += 2) {
+      for (let l = 0; l < this.shape.numLayers; l++) {
+        const base = l * this.layerBytes;
+        native().arenaCopy({
+          srcHandle: this.arena.handle, srcOffset: base + copies[i] * this.blockBytes,
+          dstHandle: this.arena.handle, dstOffset: base + copies[i + 1] * this.blockBytes, bytes: this.blockBytes,
+        });
+      }
+    }
+    return slots;
+  }
+
+  /** Writes K and V rows, [slots.length, numKvHeads, headDim] each, into one layer. */
+  write(layer: number, slots: Int32Array, k: Float32Array, v: Float32Array): void {
+    native().kvAppend({ ...this.region(layer), slots, k, v });
+  }
+
+  dispose(): void {
+    this.store.dispose();
+    this.arena.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
