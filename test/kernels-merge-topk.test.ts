@@ -72,4 +72,12 @@ describe('topK', () => {
       expect(Array.from(out)).toEqual(Array.from(topKRef(scores, rows, n, k)));
     }
   });
+
+  it('accepts typed arrays on SharedArrayBuffers (what worker threads share)', () => {
+    const scores = new Float32Array(new SharedArrayBuffer(16));
+    scores.set([1, 5, 3, 4]);
+    const out = new Int32Array(new SharedArrayBuffer(8));
+    native().topK({ rows: 1, n: 4, k: 2, scores, out });
+    expect(Array.from(out)).toEqual([1, 3]);
+  });
 });

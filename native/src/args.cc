@@ -144,8 +144,12 @@ void* Args::buffer(const char* name, ElemType type, size_t count, size_t* size, 
     if (ta.TypedArrayType() != elem_napi(type)) fail(name, want, describe_value(v));
     size_t n = ta.ElementLength();
     if (count != SIZE_MAX && n != count) fail(name, want, describe_value(v));
+    // napi_get_typedarray_info, not ArrayBuffer().Data(): the latter fails for SharedArrayBuffer views.
+    void* data = nullptr;
+    if (napi_get_typedarray_info(env_, v, nullptr, nullptr, &data, nullptr, nullptr) != napi_ok)
+      fail(name, want, "a typed array whose memory could not be read");
     *size = n;
-    return static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    return data;
   }
   // Arena reference: {handle, offset} with the element count implied by the shape.
   if (v.IsObject() && !v.IsArray() && count != SIZE_MAX) {
