@@ -1,0 +1,68 @@
+// Engine options, validated with zod; errors name the field, the valid choices and what was given.
+import { z } from 'zod';
+import { KvoffArgumentError } from '../errors.js';
+import { parseBytes } from '../units.js';
+
+/** Policies this build runs. DESIGN.md §2 lists the rest; they arrive with the offload engine. */
+export const POLICIES = ['dense'] as const;
+export type PolicyName = (typeof POLICIES)[number];
+
+const byteSize = z.union([z.string(), z.number()]);
+
+export const EngineOptionsSchema = z
+  .object({
+    policy: z.enum(POLICIES).default('dense'),
+    vramBudget: byteSize.optional(),
+    cpuThreads: z.number().int().min(1).max(1024).optional(),
+    blockSize: z.number().int().min(1).max(1024).default(16),
+    kvDtype: z.enum(['f16', 'bf16']).default('bf16'),
+    prefillChunk: z.number().int().min(1).max(65536).default(256),
+  })
+  .strict();
+
+export interface EngineOptions {
+  policy?: string;
+  vramBudget?: string | number;
+  cpuThreads?: number;
+  blockSize?: number;
+  kvDtype?: 'f16' | 'bf16';
+  prefillChunk?: number;
+}
+
+export interface ResolvedEngineOptions {
+  policy: PolicyName;
+  vramBudget: number; // bytes; Infinity when not capped
+  cpuThreads: number | undefined;
+  blockSize: number;
+  kvDtype: 'f16' | 'bf16';
+  prefillChunk: number;
+}
+
+/** Turns the first zod issue into a KvoffArgumentError that lists the valid choices. */
+export function zodToKvoff(err: z.ZodError, prefix: string, input: unknown): KvoffArgumentError {
+  const issue = err.issues[0];
+  const path = issue.path.map(String).join('.');
+  const field = path ? `${prefix}.${path}` : prefix;
+  let received: unknown = input;
+  for (const key of issue.path) received = (received as Record<PropertyKey, unknown> | undefined)?.[key as PropertyKey];
+  let expected = issue.message;
+  if (issue.code === 'invalid_value' && 'values' in issue) expected = `one of ${(issue.values as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+  if (issue.code === 'unrecognized_keys' && 'keys' in issue) {
+    return new KvoffArgumentError(prefix, `only the options ${Object.keys(EngineOptionsSchema.shape).join(', ')}`, `unknown ${(issue.keys as string[]).join(', ')}`);
+  }
+  return new KvoffArgumentError(field, expected, received);
+}
+
+export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
+  const r = EngineOptionsSchema.safeParse(input ?? {});
+  if (!r.success) throw zodToKvoff(r.error, 'engine options', input);
+  const o = r.data;
+  return {
+    policy: o.policy,
+    vramBudget: o.vramBudget === undefined ? Infinity : parseBytes(o.vramBudget, 'vramBudget'),
+    cpuThreads: o.cpuThreads,
+    blockSize: o.blockSize,
+    kvDtype: o.kvDtype,
+    prefillChunk: o.prefillChunk,
+  };
+}
