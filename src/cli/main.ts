@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { native } from '../native.js';
 import { attentionBandwidth, memcpyBandwidth, runSelfCheck } from '../selfcheck.js';
+import { runGenerate, type GenerateFlags } from './generate.js';
 
 const program = new Command();
 program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
@@ -44,6 +45,45 @@ program
       console.log(ok ? 'all kernels match their references' : 'SOME KERNELS DIFFER FROM THEIR REFERENCES');
     }
     process.exitCode = ok ? 0 : 1;
+  });
+
+function nonNegativeInt(flag: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError(`Expected an integer >= 0 for ${flag} but received "${value}".`);
+    return n;
+  };
+}
+
+function finiteNumber(flag: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`Expected a number for ${flag} but received "${value}".`);
+    return n;
+  };
+}
+
+program
+  .command('generate')
+  .description('generate text from a prompt (the embedded demo model unless --model is given)')
+  .option('--model <dir>', 'Hugging Face model directory (config.json, *.safetensors, tokenizer.json)')
+  .option('--prompt <text>', 'prompt text')
+  .option('--prompt-file <file>', 'read the prompt text from a file')
+  .option('--prompt-tokens <ids>', 'prompt as comma-separated token ids (no tokenizer needed)')
+  .option('--max-new-tokens <n>', 'tokens to generate', nonNegativeInt('--max-new-tokens'), 64)
+  .option('--policy <policy>', 'KV policy (see DESIGN.md section 2)')
+  .option('--vram-budget <bytes>', 'cap on the KV device tier, e.g. 2GiB, 160KiB or a byte count')
+  .addOption(backendOption())
+  .option('--config <file>', 'engine settings from a tuned.json (kvoff tune)')
+  .option('--json', 'print one JSON object: {tokens, text, stats}')
+  .option('--logits-out <file>', 'write raw little-endian float32 logits of every step, [steps, vocab]')
+  .option('--temperature <t>', 'sampling temperature; 0 is greedy', finiteNumber('--temperature'), 0)
+  .option('--top-k <k>', 'sample among the k most likely tokens (0: all)', nonNegativeInt('--top-k'), 0)
+  .option('--top-p <p>', 'nucleus sampling mass', finiteNumber('--top-p'), 1)
+  .option('--seed <n>', 'sampling seed', nonNegativeInt('--seed'), 0)
+  .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
+  .action(async (opts: GenerateFlags) => {
+    await runGenerate(opts);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
