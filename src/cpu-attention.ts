@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import type { AttendTask, WorkerResult, WorkerTask } from '../workers/attention-worker.js';
+import type { AttendTask, CausalTask, WorkerResult, WorkerTask } from '../workers/attention-worker.js';
 import { excludeBounds, planShards } from './cpu-attention-plan.js';
 import {
   KvoffArgumentError,
@@ -56,6 +56,19 @@ export interface CpuAttentionRequest {
   out: Float32Array; // [nh, groupSize, headDim], written only when the whole request succeeds
   lse: Float32Array; // [nh, groupSize]
   exclude?: Int32Array; // sorted positions in [0, numTokens) attended elsewhere
+}
+
+/** A prefill chunk of T queries at positions [start, start + T), each attending causally to all before it. */
+export interface CausalAttentionRequest {
+  region: KvRegion;
+  blockIds: Int32Array; // the sequence's blocks, covering start + T tokens
+  start: number;
+  kvHeads: Int32Array; // [nh]
+  groupSize: number;
+  q: Float32Array; // [T, nh, groupSize, headDim]
+  scale: number;
+  out: Float32Array; // [T, nh, groupSize, headDim]
+  lse: Float32Array; // [T, nh, groupSize]
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -184,6 +197,36 @@ export class CpuAttentionPool {
     }
   }
 
+  /**
+   * Causal attention of a prefill chunk: query rows are split into contiguous ranges of about equal
+   * work (row t costs start + t + 1 tokens), one task each, written in place through SharedArrayBuffers.
+   */
+  async attendCausal(req: CausalAttentionRequest, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.#disposed) throw new KvoffDisposedError('CpuAttentionPool');
+    const { region, groupSize: G, kvHeads } = req;
+    const row = kvHeads.length * G * region.headDim;
+    const T = row > 0 ? req.q.length / row : 0;
+    if (!Number.isInteger(T) || T < 1) throw new KvoffArgumentError('attendCausal q', `a Float32Array of T x ${row} floats`, req.q);
+    if (req.out.length !== T * row) throw new KvoffArgumentError('attendCausal out', `Float32Array(${T * row})`, req.out);
+    if (req.lse.length !== T * kvHeads.length * G) throw new KvoffArgumentError('attendCausal lse', `Float32Array(${T * kvHeads.length * G})`, req.lse);
+    if (req.start + T > req.blockIds.length * region.blockSize)
+      throw new KvoffRangeError('attendCausal start + T', req.start + T, 1, req.blockIds.length * region.blockSize);
+    const shared = (n: number) => new Float32Array(new SharedArrayBuffer(4 * n));
+    const q = shared(req.q.length);
+    q.set(req.q);
+    const out = shared(req.out.length);
+    const lse = shared(req.lse.length);
+    const cuts = splitByWork(req.start, T, Math.min(T, this.threads * 2));
+    const runs = [];
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const task: CausalTask = { kind: 'causal', ...region, blockIds: req.blockIds, start: req.start, t0: cuts[i]!, t1: cuts[i + 1]!, kvHeads, groupSize: G, scale: req.scale, q, out, lse };
+      runs.push(this.runTask(task, opts));
+    }
+    await Promise.all(runs);
+    req.out.set(out);
+    req.lse.set(lse);
+  }
+
   /** Disjoint token ranges merge exactly by LSE; the last merge lands in the caller's buffers. */
   #finish(req: CpuAttentionRequest, scratch: HostArena, ranges: number, rows: number, oAt: (r: number) => number, lseAt: (r: number) => number): void {
     const D = req.region.headDim;
@@ -246,6 +289,20 @@ export class CpuAttentionPool {
       );
     return new KvoffWorkerError(`Expected the CPU attention worker to run its task but it failed: ${String(e?.message ?? err)}`, { cause: err });
   }
+}
+
+/** Cut points 0 = c0 < c1 < ... = T giving `parts` row ranges of about equal causal work (row t costs start + t + 1). */
+export function splitByWork(start: number, T: number, parts: number): number[] {
+  const work = (t: number) => t * start + (t * (t + 1)) / 2; // total cost of rows [0, t)
+  const total = work(T);
+  const cuts = [0];
+  for (let p = 1; p < parts; p++) {
+    let t = cuts[cuts.length - 1]! + 1;
+    while (t < T && work(t) < (total * p) / parts) t++;
+    if (t < T) cuts.push(t);
+  }
+  cuts.push(T);
+  return cuts;
 }
 
 /** Rebuilds the typed error a worker's kernel threw (it crossed the thread as {code, message}). */

@@ -1,12 +1,11 @@
 // Piscina worker: exact attention of one shard (head group × block range) over the shared host arena.
 import { threadId } from 'node:worker_threads';
-import { native, type ArenaRef, type KvAttendOptions } from '../src/native.js';
+import { native, type ArenaRef, type KvAttendOptions, type KvRegion } from '../src/native.js';
 
 /**
  * One shard. The KV region and the q/out/lse scratch are addressed by arena handle + offset, which
  * every thread of the process shares: no KV byte is copied, native code writes (o, lse) in place,
- * and only the timing object travels back. (Typed arrays on SharedArrayBuffers would also share
- * memory, but the addon's argument reader rejects them with "Invalid argument".)
+ * and only the timing object travels back.
  */
 export interface AttendTask extends KvAttendOptions {
   kind?: 'attend';
@@ -29,7 +28,25 @@ export interface CrashTask {
   kind: 'crash';
 }
 
-export type WorkerTask = AttendTask | NoopTask | CrashTask;
+/**
+ * Causal prefill rows [t0, t1) of a chunk: query t sees positions [0, start + t]. q/out/lse are views
+ * of SharedArrayBuffers, so every thread writes its rows in place.
+ */
+export interface CausalTask extends KvRegion {
+  kind: 'causal';
+  blockIds: Int32Array; // the sequence's physical ids, logical order
+  start: number; // position of query row 0
+  t0: number;
+  t1: number;
+  kvHeads: Int32Array; // [nh]
+  groupSize: number;
+  scale: number;
+  q: Float32Array; // [T, nh, groupSize, headDim] on a SharedArrayBuffer
+  out: Float32Array; // [T, nh, groupSize, headDim] on a SharedArrayBuffer
+  lse: Float32Array; // [T, nh, groupSize] on a SharedArrayBuffer
+}
+
+export type WorkerTask = AttendTask | CausalTask | NoopTask | CrashTask;
 
 export interface WorkerResult {
   startedAt: number; // epoch ms (timeOrigin + now), comparable across threads
@@ -49,7 +66,8 @@ export default function run(task: WorkerTask): WorkerResult {
     return { startedAt, endedAt: now(), threadId };
   }
   try {
-    native().kvAttend(task);
+    if (task.kind === 'causal') runCausal(task);
+    else native().kvAttend(task);
     return { startedAt, endedAt: now(), threadId };
   } catch (err) {
     const e = err as { code?: unknown; name?: unknown; message?: unknown };
@@ -59,5 +77,20 @@ export default function run(task: WorkerTask): WorkerResult {
       ...(typeof e.code === 'string' ? { code: e.code } : {}),
     };
     return { startedAt, endedAt: now(), threadId, error };
+  }
+}
+
+function runCausal(t: CausalTask): void {
+  const { handle, offset, numBlocks, numKvHeads, headDim, blockSize, dtype, blockIds, kvHeads, groupSize, scale } = t;
+  const row = kvHeads.length * groupSize * headDim;
+  const lrow = kvHeads.length * groupSize;
+  for (let i = t.t0; i < t.t1; i++) {
+    native().kvAttend({
+      handle, offset, numBlocks, numKvHeads, headDim, blockSize, dtype, blockIds, kvHeads, groupSize, scale,
+      numTokens: t.start + i + 1,
+      q: t.q.subarray(i * row, (i + 1) * row),
+      out: t.out.subarray(i * row, (i + 1) * row),
+      lse: t.lse.subarray(i * lrow, (i + 1) * lrow),
+    });
   }
 }

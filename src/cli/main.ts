@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { native } from '../native.js';
 import { attentionBandwidth, memcpyBandwidth, runSelfCheck } from '../selfcheck.js';
 import { runGenerate, type GenerateFlags } from './generate.js';
+import { runEvalCommand, type EvalFlags } from './eval.js';
 
 const program = new Command();
 program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
@@ -84,6 +85,23 @@ program
   .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
   .action(async (opts: GenerateFlags) => {
     await runGenerate(opts);
+  });
+
+program
+  .command('eval')
+  .description('retrieval accuracy (passkey, multikey) per policy and context length, with 95% intervals')
+  .option('--model <dir>', 'model directory (default: the embedded demo model)')
+  .option('--task <task>', 'passkey, multikey, or both comma-separated', 'passkey')
+  .requiredOption('--context <list>', 'context lengths in tokens, e.g. 2048,8192')
+  .option('--policies <list>', 'comma-separated policies', 'dense')
+  .option('--budget <size>', 'KV device budget: bytes (2GiB) or a percentage of the full KV of the run (10%)')
+  .option('--trials <n>', 'trials per cell', positiveInt('--trials'), 20)
+  .option('--seed <n>', 'trial seed', nonNegativeInt('--seed'), 0)
+  .option('--json', 'print {"results": [...]}')
+  .addOption(backendOption())
+  .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
+  .action(async (opts: EvalFlags) => {
+    await runEvalCommand(opts);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

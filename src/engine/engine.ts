@@ -1,4 +1,5 @@
 // The engine: owns the attention workers, and turns prompts into streamed tokens over the paged host KV cache.
+import { setMaxListeners } from 'node:events';
 import { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError, KvoffCapacityError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
@@ -79,7 +80,14 @@ export class Engine {
     const total = Math.min(ids.length + maxNew, c.maxPositionEmbeddings);
     this.#checkBudget(total);
     const cache = new HostKvCache(this.#cacheShape(total));
-    const ctx: ForwardContext = { model: this.#model, cache, pool: this.#pool, stats: this.#stats, signal: opts.signal };
+    // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
+    // signal; an internal controller, following the caller's, carries them all.
+    const inner = new AbortController();
+    setMaxListeners(0, inner.signal);
+    const follow = () => inner.abort(opts.signal?.reason);
+    if (opts.signal?.aborted) follow();
+    opts.signal?.addEventListener('abort', follow, { once: true });
+    const ctx: ForwardContext = { model: this.#model, cache, pool: this.#pool, stats: this.#stats, signal: inner.signal };
     this.#stats.deviceBytes = cache.arena.bytes; // dense: the whole KV lives in the (host-backed) device tier
     this.#stats.deviceBytesPeak = Math.max(this.#stats.deviceBytesPeak, cache.arena.bytes);
     try {
@@ -108,6 +116,7 @@ export class Engine {
         this.#stats.decodeTokens += 1;
       }
     } finally {
+      opts.signal?.removeEventListener('abort', follow);
       cache.dispose();
       this.#stats.deviceBytes = 0;
     }

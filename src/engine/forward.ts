@@ -42,19 +42,9 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
     const lse = new Float32Array(T * c.numHeads);
     const region = cache.region(l);
     const blockIds = cache.store.blockIds(seq);
-    await Promise.all(
-      Array.from({ length: T }, (_, t) =>
-        pool.attend(
-          {
-            region, blockIds, numTokens: start + t + 1, kvHeads, groupSize: G, scale,
-            q: q.subarray(t * rowQ, (t + 1) * rowQ),
-            out: attn.subarray(t * rowQ, (t + 1) * rowQ),
-            lse: lse.subarray(t * c.numHeads, (t + 1) * c.numHeads),
-          },
-          { signal },
-        ),
-      ),
-    );
+    const base = { region, blockIds, kvHeads, groupSize: G, scale };
+    if (T === 1) await pool.attend({ ...base, numTokens: start + 1, q, out: attn, lse }, { signal });
+    else await pool.attendCausal({ ...base, start, q, out: attn, lse }, { signal });
     stats.cpuAttnMs += performance.now() - t0;
     t0 = performance.now();
     hidden = await runPostAttention(model.runner, c, l, attn, hidden);
