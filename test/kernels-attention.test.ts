@@ -59,6 +59,10 @@ for (const groupSize of [1, 4, 8])
 cases.push({ groupSize: 4, headDim: 32, numKvHeads: 3, blockSize: 32, numTokens: 100, dtype: 'bf16', magnitude: 1, excludeFraction: 0.3 });
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 1, blockSize: 16, numTokens: 1, dtype: 'f16', magnitude: 1, excludeFraction: 1 });
 cases.push({ groupSize: 4, headDim: 24, numKvHeads: 2, blockSize: 5, numTokens: 23, dtype: 'f16', magnitude: 1, excludeFraction: 0.5 });
+// Group sizes whose register blocking leaves spare lanes (3, 6) or takes two passes (12).
+cases.push({ groupSize: 3, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 37, dtype: 'bf16', magnitude: 1, excludeFraction: 0.2 });
+cases.push({ groupSize: 6, headDim: 128, numKvHeads: 1, blockSize: 16, numTokens: 50, dtype: 'f16', magnitude: 1, excludeFraction: 0 });
+cases.push({ groupSize: 12, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
 // Values near the top of each format's range: fp16 near its max 65504, bf16 far beyond fp16's.
 cases.push({ groupSize: 4, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'f16', magnitude: 2e4, excludeFraction: 0 });
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'bf16', magnitude: 1e16, excludeFraction: 0 });

@@ -32,23 +32,23 @@ void attend_head_impl(const kvoff::AttnTask& t) {
   // keep the G output slices in registers. Needs headDim to be a multiple of the lane count.
   const bool fast = Ops::kLanes > 0 && D % Ops::kLanes == 0;
   int ex = 0;
+  // The chunk starting at token p: at most C tokens, never crossing a block boundary.
+  auto chunk = [&](int p, int* n) -> const uint8_t* {
+    const int off = p % bs;
+    *n = bs - off;
+    if (*n > C) *n = C;
+    if (*n > t.numTokens - p) *n = t.numTokens - p;
+    return t.region + static_cast<size_t>(t.blockIds[p / bs]) * t.blockBytes + (static_cast<size_t>(t.kvHead) * bs + off) * rowBytes;
+  };
   for (int p0 = 0; p0 < t.numTokens;) {
-    const int b = p0 / bs, off = p0 % bs;
-    int n = bs - off;
-    if (n > C) n = C;
-    if (n > t.numTokens - p0) n = t.numTokens - p0;
-    const uint8_t* rows = t.region + static_cast<size_t>(t.blockIds[b]) * t.blockBytes +
-                          (static_cast<size_t>(t.kvHead) * bs + off) * rowBytes;
-    // Software prefetch of the next chunk: the hardware prefetcher alone leaves half the DRAM
+    int n;
+    const uint8_t* rows = chunk(p0, &n);
+    // Software prefetch of a chunk ahead: the hardware prefetcher alone leaves half the DRAM
     // bandwidth unused here because compute is interleaved with the stream and blocks are scattered.
     const int p1 = p0 + n + kPrefetchAhead;
     if (p1 < t.numTokens) {
-      const int b1 = p1 / bs, off1 = p1 % bs;
-      int n1 = bs - off1;
-      if (n1 > C) n1 = C;
-      if (n1 > t.numTokens - p1) n1 = t.numTokens - p1;
-      const uint8_t* next = t.region + static_cast<size_t>(t.blockIds[b1]) * t.blockBytes +
-                            (static_cast<size_t>(t.kvHead) * bs + off1) * rowBytes;
+      int n1;
+      const uint8_t* next = chunk(p1, &n1);
       const size_t nbytes = static_cast<size_t>(n1) * rowBytes;
       for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(next + o, 0, 3);
     }

@@ -7,6 +7,7 @@
 #include "simd/kernels.h"
 
 namespace kvoff_avx512 {
+#include "simd/with_gn.h"
 static inline __m512 exp16(__m512 x) {
   KVOFF_EXP_CONSTS
   const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMinX), _CMP_GE_OQ);
@@ -66,7 +67,7 @@ struct Ops {
   // the 16 (token, head) dot products are reduced together.
   template <bool BF16, int GN>
   static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
-    constexpr int TP = 16 / GN;
+    constexpr int TP = 16 / GN;  // GN = 3, 5, 6, 7 leave spare lanes of the reduction unused
     int j = 0;
     for (; j + TP <= n; j += TP) {
       __m512 acc[16];
@@ -126,33 +127,13 @@ struct Ops {
   }
   template <bool BF16>
   static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
-    for (int g0 = 0; g0 < G; g0 += 8) {
-      switch (G - g0 >= 8 ? 8 : G - g0) {
-        case 8: scores_tr<BF16, 8>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 7: scores_n<BF16, 7>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 6: scores_n<BF16, 6>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 5: scores_n<BF16, 5>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 4: scores_tr<BF16, 4>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 3: scores_n<BF16, 3>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        case 2: scores_tr<BF16, 2>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-        default: scores_tr<BF16, 1>(q, g0, D, rows, rowBytes, n, live, scale, s, C); break;
-      }
-    }
+    for (int g0 = 0; g0 < G; g0 += 8)
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_tr<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C); });
   }
   template <bool BF16>
   static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
-    for (int g0 = 0; g0 < G; g0 += 8) {
-      switch (G - g0 >= 8 ? 8 : G - g0) {
-        case 8: accumulate_tr<BF16, 8>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 7: accumulate_n<BF16, 7>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 6: accumulate_n<BF16, 6>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 5: accumulate_n<BF16, 5>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 4: accumulate_tr<BF16, 4>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 3: accumulate_n<BF16, 3>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        case 2: accumulate_tr<BF16, 2>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-        default: accumulate_tr<BF16, 1>(acc, g0, D, rows, rowBytes, n, live, p, C); break;
-      }
-    }
+    for (int g0 = 0; g0 < G; g0 += 8)
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_tr<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C); });
   }
   static void load_f16(float* d, const uint16_t* s, int n) {
     int i = 0;
