@@ -33,6 +33,7 @@
         "native/src/arena.cc",
         "native/src/kv_ops.cc",
         "native/src/kivi_ops.cc",
+        "native/src/kivi_attend.cc",
         "native/src/merge_topk_ops.cc",
         "native/src/simd/kernels_scalar.cc",
         "native/src/simd/dispatch.cc"

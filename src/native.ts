@@ -79,6 +79,30 @@ export interface KiviScoreOptions extends Omit<KiviKeysOptions, 'src'> {
   out: Float32Array | ArenaRef; // [numGroups * groupSize]
 }
 
+/**
+ * Exact attention of one GQA query group over a range of KIVI-quantized tokens of one KV head (the
+ * low-bit tail); returns (o, lse) like kvAttend. numTokens = numGroups * keyGroupSize.
+ */
+export interface KiviAttendOptions {
+  bits: 1 | 2 | 4;
+  headDim: number;
+  keyGroupSize: number; // tokens per key group
+  valueGroupSize: number; // channels per value group, a divisor of headDim
+  numGroups: number; // key groups
+  queryHeads: number; // query heads sharing this KV head (GQA ratio)
+  q: Float32Array | ArenaRef; // [queryHeads, headDim]
+  scale: number; // softmax scale, usually 1/sqrt(headDim)
+  keyCodes: Uint8Array | ArenaRef; // [numGroups, keyGroupSize, headDim * bits / 8]
+  keyZero: Float32Array | ArenaRef; // [numGroups, headDim]
+  keyScale: Float32Array | ArenaRef; // [numGroups, headDim]
+  valueCodes: Uint8Array | ArenaRef; // [numTokens, headDim * bits / 8]
+  valueZero: Float32Array | ArenaRef; // [numTokens, headDim / valueGroupSize]
+  valueScale: Float32Array | ArenaRef; // [numTokens, headDim / valueGroupSize]
+  exclude?: Int32Array; // sorted positions in [0, numTokens) left out (attended elsewhere)
+  out: Float32Array | ArenaRef; // [queryHeads, headDim]; zeros when nothing is attended
+  lse: Float32Array | ArenaRef; // [queryHeads]; -inf when nothing is attended
+}
+
 export interface LseMergeOptions {
   rows: number;
   headDim: number;
@@ -126,6 +150,7 @@ export interface NativeAddon {
   kiviQuantizeValues(o: KiviValuesOptions): void;
   kiviDequantizeValues(o: KiviValuesDequantOptions): void;
   kiviScoreKeys(o: KiviScoreOptions): void;
+  kiviAttend(o: KiviAttendOptions): void;
   lseMerge(o: LseMergeOptions): void;
   topK(o: TopKOptions): void;
   buildInfo(): BuildInfo;

@@ -127,6 +127,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_arena_ops(env, exports);
   register_kv_ops(env, exports);
   register_kivi_ops(env, exports);
+  register_kivi_attend_ops(env, exports);
   register_merge_topk_ops(env, exports);
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));

@@ -5,6 +5,7 @@
 
 #include "args.h"
 #include "kivi.h"
+#include "kivi_unpack.h"
 #include "ops.h"
 
 namespace kvoff {
@@ -138,7 +139,7 @@ Napi::Value ScoreKeys(const Napi::CallbackInfo& info) {
   auto zero = a.f32("zero", ng * D);
   auto scale = a.f32("scale", ng * D);
   auto out = a.f32("out", ng * G);  // [numGroups * groupSize]
-  std::vector<float> qm(D, 0.f), w(D);
+  std::vector<float> qm(D, 0.f), w(D), cf(D);
   for (int g = 0; g < Gq; ++g)
     for (size_t c = 0; c < D; ++c) qm[c] += q.data[g * D + c];
   for (size_t c = 0; c < D; ++c) qm[c] /= static_cast<float>(Gq);
@@ -149,10 +150,8 @@ Napi::Value ScoreKeys(const Napi::CallbackInfo& info) {
       w[c] = qm[c] * scale.data[g * D + c];
     }
     for (size_t t = 0; t < G; ++t) {
-      const uint8_t* row = codes.data + (g * G + t) * s.rowBytes;
-      float acc = 0.f;
-      for (size_t c = 0; c < D; ++c) acc += w[c] * static_cast<float>(kivi_get(row, static_cast<int>(c), s.bits));
-      out.data[g * G + t] = bias + acc;
+      kivi_unpack_row(codes.data + (g * G + t) * s.rowBytes, s.rowBytes, s.bits, cf.data());
+      out.data[g * G + t] = bias + kivi_dot8(w.data(), cf.data(), D);
     }
   }
   return a.env().Undefined();
