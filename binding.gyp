@@ -32,6 +32,7 @@
         "native/src/args.cc",
         "native/src/arena.cc",
         "native/src/kv_ops.cc",
+        "native/src/kv_gather.cc",
         "native/src/kivi_ops.cc",
         "native/src/kivi_attend.cc",
         "native/src/merge_topk_ops.cc",

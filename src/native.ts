@@ -43,6 +43,15 @@ export interface KvAttendOptions extends KvRegion {
   exclude?: Int32Array; // sorted positions in [0, numTokens) left out (attended elsewhere)
 }
 
+/** Gather of (token, head) units of a paged region into a compact buffer: the hot-set fetch. */
+export interface KvGatherOptions extends KvRegion {
+  blockIds: Int32Array; // the sequence's block table (logical -> physical)
+  kvHeads: Int32Array; // [nh]
+  n: number; // units per head
+  positions: Int32Array; // [nh, n] logical token positions; consecutive ones in a block are copied as one run
+  dst: Uint16Array | ArenaRef; // [nh, n, 2 (K,V), headDim] raw fp16/bf16
+}
+
 export interface KiviShape {
   bits: 1 | 2 | 4;
   headDim: number;
@@ -145,6 +154,10 @@ export interface NativeAddon {
   arenaTotals(): { count: number; bytes: number };
   kvAppend(o: KvAppendOptions): void;
   kvAttend(o: KvAttendOptions): void;
+  /** Returns the number of memcpy runs it made. */
+  kvGather(o: KvGatherOptions): number;
+  /** The same copy on the libuv thread pool, overlapping with compute; resolves with the run count. */
+  kvGatherAsync(o: KvGatherOptions): Promise<number>;
   kiviQuantizeKeys(o: KiviKeysOptions): void;
   kiviDequantizeKeys(o: KiviKeysDequantOptions): void;
   kiviQuantizeValues(o: KiviValuesOptions): void;

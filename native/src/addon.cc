@@ -126,6 +126,7 @@ void register_arena_ops(Napi::Env env, Napi::Object exports) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_arena_ops(env, exports);
   register_kv_ops(env, exports);
+  register_kv_gather_ops(env, exports);
   register_kivi_ops(env, exports);
   register_kivi_attend_ops(env, exports);
   register_merge_topk_ops(env, exports);

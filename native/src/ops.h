@@ -5,6 +5,7 @@
 namespace kvoff {
 void register_arena_ops(Napi::Env env, Napi::Object exports);
 void register_kv_ops(Napi::Env env, Napi::Object exports);
+void register_kv_gather_ops(Napi::Env env, Napi::Object exports);
 void register_kivi_ops(Napi::Env env, Napi::Object exports);
 void register_kivi_attend_ops(Napi::Env env, Napi::Object exports);
 void register_merge_topk_ops(Napi::Env env, Napi::Object exports);

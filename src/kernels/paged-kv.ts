@@ -81,3 +81,18 @@ export function attendRef(s: PagedShape, region: Uint16Array, a: AttendRefArgs):
   }
   return { o, lse };
 }
+
+/** Reference gather: units (K row then V row) of `positions` [nh, n] per head into [nh, n, 2, headDim]. */
+export function gatherRef(s: PagedShape, region: Uint16Array, blockIds: Int32Array, kvHeads: Int32Array, n: number, positions: Int32Array): Uint16Array {
+  const D = s.headDim;
+  const out = new Uint16Array(kvHeads.length * n * 2 * D);
+  for (let h = 0; h < kvHeads.length; h++) {
+    for (let i = 0; i < n; i++) {
+      const p = positions[h * n + i];
+      const slot = blockIds[Math.floor(p / s.blockSize)] * s.blockSize + (p % s.blockSize);
+      const r = rowIndex(s, slot, kvHeads[h]);
+      out.set(region.subarray(r, r + 2 * D), (h * n + i) * 2 * D);
+    }
+  }
+  return out;
+}
