@@ -1,11 +1,12 @@
 // The engine: owns the attention workers, and turns prompts into streamed tokens over the paged host KV cache.
 import { setMaxListeners } from 'node:events';
 import { CpuAttentionPool } from '../cpu-attention.js';
-import { KvoffArgumentError, KvoffCapacityError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
+import { KvoffArgumentError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
-import { formatBytes } from '../units.js';
 import { forward, type ForwardContext } from './forward.js';
+import { POLICY_SPECS } from './policies.js';
+import { RunKv } from './run-kv.js';
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js';
 import { sample, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
 import { emptyStats, type EngineStats } from './stats.js';
@@ -61,7 +62,7 @@ export class Engine {
     return ids;
   }
 
-  /** KV bytes the dense policy needs for `tokens` tokens. */
+  /** Bytes of the full-precision KV of `tokens` tokens (what `dense` keeps on the device). */
   kvBytesFor(tokens: number): number {
     return HostKvCache.bytesFor(this.#cacheShape(tokens));
   }
@@ -78,8 +79,8 @@ export class Engine {
     const sampling = validateSampling(opts);
     const random = seededRandom(sampling.seed);
     const total = Math.min(ids.length + maxNew, c.maxPositionEmbeddings);
-    this.#checkBudget(total);
-    const cache = new HostKvCache(this.#cacheShape(total));
+    const kv = RunKv.open(POLICY_SPECS[this.options.policy], this.#cacheShape(total), this.options.vramBudget);
+    const cache = kv.cache;
     // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
     // signal; an internal controller, following the caller's, carries them all.
     const inner = new AbortController();
@@ -87,9 +88,10 @@ export class Engine {
     const follow = () => inner.abort(opts.signal?.reason);
     if (opts.signal?.aborted) follow();
     opts.signal?.addEventListener('abort', follow, { once: true });
-    const ctx: ForwardContext = { model: this.#model, cache, pool: this.#pool, stats: this.#stats, signal: inner.signal };
-    this.#stats.deviceBytes = cache.arena.bytes; // dense: the whole KV lives in the (host-backed) device tier
-    this.#stats.deviceBytesPeak = Math.max(this.#stats.deviceBytesPeak, cache.arena.bytes);
+    const ctx: ForwardContext = { model: this.#model, kv, pool: this.#pool, stats: this.#stats, signal: inner.signal };
+    this.#stats.deviceBytes = kv.deviceBytes;
+    this.#stats.deviceBytesPeak = Math.max(this.#stats.deviceBytesPeak, kv.deviceBytes);
+    this.#stats.hostBytes = kv.hostBytes;
     try {
       const seq = cache.store.createSequence();
       let logits: Float32Array = new Float32Array(0);
@@ -117,8 +119,9 @@ export class Engine {
       }
     } finally {
       opts.signal?.removeEventListener('abort', follow);
-      cache.dispose();
+      kv.dispose();
       this.#stats.deviceBytes = 0;
+      this.#stats.hostBytes = 0;
     }
   }
 
@@ -136,17 +139,6 @@ export class Engine {
     const c = this.#model.config;
     const bs = this.options.blockSize;
     return { numLayers: c.numLayers, numKvHeads: c.numKvHeads, headDim: c.headDim, blockSize: bs, numBlocks: Math.max(1, Math.ceil(tokens / bs)), dtype: this.options.kvDtype };
-  }
-
-  #checkBudget(tokens: number): void {
-    const needed = this.kvBytesFor(tokens);
-    const given = this.options.vramBudget;
-    if (needed > given) {
-      throw new KvoffCapacityError(
-        'bytes of KV device tier', needed, given,
-        `policy ${this.options.policy} keeps all ${tokens} tokens' KV there: the smallest budget that works is ${needed} bytes (${formatBytes(needed)}); given ${given} bytes (${formatBytes(given)})`,
-      );
-    }
   }
 
   #check(): void {

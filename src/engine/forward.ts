@@ -1,16 +1,16 @@
 // One forward pass of T new tokens of one sequence: dense graphs on ORT, kvoff's own attention in between.
 import { performance } from 'node:perf_hooks';
 import type { CpuAttentionPool } from '../cpu-attention.js';
-import type { HostKvCache } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
 import { embedTokens } from '../model/onnx/builder.js';
 import { runFinal, runPostAttention, runPreAttention } from '../model/onnx/session.js';
 import { positionRange, ropeTables } from '../model/rope.js';
+import type { RunKv } from './run-kv.js';
 import type { EngineStats } from './stats.js';
 
 export interface ForwardContext {
   model: Model;
-  cache: HostKvCache;
+  kv: RunKv;
   pool: CpuAttentionPool;
   stats: EngineStats;
   signal?: AbortSignal;
@@ -21,7 +21,8 @@ export interface ForwardContext {
  * Attention of query t covers positions [0, start + t]: causal, exact, over the paged host cache.
  */
 export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Array, start: number): Promise<Float32Array> {
-  const { model, cache, pool, stats, signal } = ctx;
+  const { model, kv, pool, stats, signal } = ctx;
+  const cache = kv.cache;
   const c = model.config;
   const T = tokens.length;
   const G = c.numHeads / c.numKvHeads;
@@ -40,8 +41,12 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
     t0 = performance.now();
     const attn = new Float32Array(T * rowQ); // [T, numHeads * headDim]; head h = kvHead * G + g, as in HF's repeat_kv
     const lse = new Float32Array(T * c.numHeads);
-    const region = cache.region(l);
-    const blockIds = cache.store.blockIds(seq);
+    const c0 = performance.now();
+    const { region, blockIds, bytesCopied } = kv.attentionSource(l, seq);
+    if (bytesCopied > 0) {
+      stats.bytesH2D += bytesCopied;
+      stats.copyMs += performance.now() - c0;
+    }
     const base = { region, blockIds, kvHeads, groupSize: G, scale };
     if (T === 1) await pool.attend({ ...base, numTokens: start + 1, q, out: attn, lse }, { signal });
     else await pool.attendCausal({ ...base, start, q, out: attn, lse }, { signal });

@@ -2,7 +2,7 @@
 // sequence store's block tables shared by all layers (a token has one slot, in each layer's region).
 import { HostArena } from '../arena.js';
 import { KvoffArgumentError } from '../errors.js';
-import { native, type KvDtype, type KvRegion } from '../native.js';
+import { native, type ArenaRef, type KvDtype, type KvRegion } from '../native.js';
 import { SequenceStore } from './sequence-store.js';
 
 export interface HostKvShape {
@@ -19,14 +19,23 @@ export function kvBlockBytes(s: Pick<HostKvShape, 'numKvHeads' | 'headDim' | 'bl
   return s.numKvHeads * s.blockSize * 2 * s.headDim * 2;
 }
 
+export interface HostKvCacheOptions {
+  pin?: boolean;
+  /** Place the layers at this arena offset (e.g. inside the device tier) instead of owning an arena. */
+  at?: ArenaRef;
+}
+
 export class HostKvCache {
   readonly shape: HostKvShape;
   readonly blockBytes: number;
   readonly layerBytes: number;
-  readonly arena: HostArena; // [numLayers, numBlocks, numKvHeads, blockSize, 2, headDim]
+  readonly bytes: number; // all layers: [numLayers, numBlocks, numKvHeads, blockSize, 2, headDim] of 16-bit values
+  readonly handle: number;
+  readonly baseOffset: number;
   readonly store: SequenceStore;
+  readonly #owned: HostArena | null;
 
-  constructor(shape: HostKvShape, opts: { pin?: boolean } = {}) {
+  constructor(shape: HostKvShape, opts: HostKvCacheOptions = {}) {
     for (const key of ['numLayers', 'numKvHeads', 'headDim', 'blockSize', 'numBlocks'] as const) {
       const v = shape[key];
       if (!Number.isSafeInteger(v) || v < 1) throw new KvoffArgumentError(`HostKvCache ${key}`, 'a positive integer', v);
@@ -34,13 +43,21 @@ export class HostKvCache {
     this.shape = { ...shape };
     this.blockBytes = kvBlockBytes(shape);
     this.layerBytes = this.blockBytes * shape.numBlocks;
+    this.bytes = this.layerBytes * shape.numLayers;
     this.store = new SequenceStore({ numBlocks: shape.numBlocks, blockSize: shape.blockSize });
     try {
-      this.arena = new HostArena(this.layerBytes * shape.numLayers, opts);
+      this.#owned = opts.at ? null : new HostArena(this.bytes, { pin: opts.pin });
     } catch (err) {
       this.store.dispose();
       throw err;
     }
+    this.handle = opts.at ? opts.at.handle : this.#owned!.handle;
+    this.baseOffset = opts.at ? opts.at.offset : 0;
+  }
+
+  /** Whether the cache lives in page-locked memory (false when placed in someone else's arena). */
+  get pinned(): boolean {
+    return this.#owned?.pinned ?? false;
   }
 
   static bytesFor(shape: HostKvShape): number {
@@ -51,7 +68,7 @@ export class HostKvCache {
     if (!Number.isInteger(layer) || layer < 0 || layer >= this.shape.numLayers)
       throw new KvoffArgumentError('layer', `an integer in [0, ${this.shape.numLayers - 1}]`, layer);
     const { numBlocks, numKvHeads, headDim, blockSize, dtype } = this.shape;
-    return { handle: this.arena.handle, offset: layer * this.layerBytes, numBlocks, numKvHeads, headDim, blockSize, dtype };
+    return { handle: this.handle, offset: this.baseOffset + layer * this.layerBytes, numBlocks, numKvHeads, headDim, blockSize, dtype };
   }
 
   /**
@@ -62,10 +79,10 @@ export class HostKvCache {
     const { slots, copies } = this.store.appendTokens(seqId, n);
     for (let i = 0; i < copies.length; i += 2) {
       for (let l = 0; l < this.shape.numLayers; l++) {
-        const base = l * this.layerBytes;
+        const base = this.baseOffset + l * this.layerBytes;
         native().arenaCopy({
-          srcHandle: this.arena.handle, srcOffset: base + copies[i] * this.blockBytes,
-          dstHandle: this.arena.handle, dstOffset: base + copies[i + 1] * this.blockBytes, bytes: this.blockBytes,
+          srcHandle: this.handle, srcOffset: base + copies[i] * this.blockBytes,
+          dstHandle: this.handle, dstOffset: base + copies[i + 1] * this.blockBytes, bytes: this.blockBytes,
         });
       }
     }
@@ -77,9 +94,10 @@ export class HostKvCache {
     native().kvAppend({ ...this.region(layer), slots, k, v });
   }
 
+  /** Frees the block tables, and the arena when the cache owns it (a placed cache's memory belongs to its owner). */
   dispose(): void {
     this.store.dispose();
-    this.arena.dispose();
+    this.#owned?.dispose();
   }
 
   [Symbol.dispose](): void {

@@ -1,0 +1,95 @@
+// Lossless policies: cpu and offload-layer reproduce dense's logits at every step, on the demo model and a
+// random one, past 4 blocks of context, at budgets from the smallest that works up to uncapped.
+import { rm } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KvoffCapacityError } from '../src/errors.js';
+import { createEngine, loadModel, type Model } from '../src/index.js';
+import { writeTinyModel, type TinyModel } from './fixtures.js';
+
+let tiny: TinyModel;
+const models: Record<string, Model> = {};
+beforeAll(async () => {
+  tiny = await writeTinyModel({ layers: 2, heads: 4, kvHeads: 2, hidden: 64, vocab: 97, maxPos: 256, seed: 77 });
+  models.random = await loadModel(tiny.dir, { backend: 'cpu' });
+  models.demo = await loadModel('demo', { backend: 'cpu' });
+});
+afterAll(async () => {
+  for (const m of Object.values(models)) await m.dispose();
+  await rm(tiny.dir, { recursive: true, force: true });
+});
+
+const BLOCK = 16;
+
+async function run(model: Model, policy: string, prompt: number[], vramBudget?: number) {
+  const engine = await createEngine(model, { policy, blockSize: BLOCK, prefillChunk: 40, cpuThreads: 2, ...(vramBudget === undefined ? {} : { vramBudget }) });
+  try {
+    const steps: { token: number; logits: Float32Array }[] = [];
+    for await (const t of engine.generate(prompt, { maxNewTokens: 5, stopAtEos: false })) steps.push({ token: t.token, logits: t.logits });
+    return { steps, stats: engine.stats() };
+  } finally {
+    await engine.dispose();
+  }
+}
+
+/** The smallest budget that works, read off the capacity error a 1-byte budget gets (0 if none is needed). */
+async function smallestBudget(model: Model, policy: string, prompt: number[]): Promise<number> {
+  try {
+    await run(model, policy, prompt, 1);
+    return 0;
+  } catch (err) {
+    expect(err).toBeInstanceOf(KvoffCapacityError);
+    return (err as KvoffCapacityError).needed;
+  }
+}
+
+function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  let lo = Infinity, hi = -Infinity, d = 0;
+  for (let i = 0; i < b.length; i++) {
+    lo = Math.min(lo, b[i]);
+    hi = Math.max(hi, b[i]);
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+  }
+  return d / (hi - lo);
+}
+
+describe.each(['random', 'demo'])('lossless policies on the %s model', (name) => {
+  const prompt = Array.from({ length: 4 * BLOCK + 11 }, (_, i) => (name === 'demo' ? 65 + (i % 26) : (i * 13 + 5) % 97));
+
+  it('cpu and offload-layer equal dense at every step, at the smallest budget and uncapped', async () => {
+    const model = models[name];
+    const dense = await run(model, 'dense', prompt);
+    for (const policy of ['cpu', 'offload-layer', 'dense']) {
+      const min = await smallestBudget(model, policy, prompt);
+      for (const budget of [min, 4 * min + 1000, undefined]) {
+        const r = await run(model, policy, prompt, budget);
+        expect(r.steps.map((s) => s.token)).toEqual(dense.steps.map((s) => s.token));
+        // Same kernels over the same bytes, so the bound is tight: 1e-6 of the logit range.
+        for (let i = 0; i < r.steps.length; i++) expect(maxRelDiff(r.steps[i].logits, dense.steps[i].logits)).toBeLessThanOrEqual(1e-6);
+        if (budget !== undefined) expect(r.stats.deviceBytesPeak).toBeLessThanOrEqual(budget);
+      }
+    }
+  }, 120_000);
+
+  it('a budget one byte short of the smallest fails with needed, given and the smallest that works', async () => {
+    const model = models[name];
+    for (const policy of ['dense', 'offload-layer']) {
+      const min = await smallestBudget(model, policy, prompt);
+      expect(min).toBeGreaterThan(0);
+      const err = await run(model, policy, prompt, min - 1).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(KvoffCapacityError);
+      expect(err).toMatchObject({ needed: min, available: min - 1 });
+      expect((err as Error).message).toContain(`the smallest budget that works is ${min} bytes`);
+    }
+  }, 60_000);
+
+  it('counts where the bytes go: offload-layer copies every layer each step, cpu copies nothing', async () => {
+    const model = models[name];
+    const off = await run(model, 'offload-layer', prompt);
+    const cpu = await run(model, 'cpu', prompt);
+    const dense = await run(model, 'dense', prompt);
+    expect(off.stats.bytesH2D).toBeGreaterThan(0);
+    expect(cpu.stats.bytesH2D).toBe(0);
+    expect(cpu.stats.deviceBytesPeak).toBe(0);
+    expect(dense.stats.deviceBytesPeak).toBeGreaterThan(off.stats.deviceBytesPeak); // all layers vs one
+  }, 60_000);
+});
