@@ -49,7 +49,9 @@ export interface KvGatherOptions extends KvRegion {
   kvHeads: Int32Array; // [nh]
   n: number; // units per head
   positions: Int32Array; // [nh, n] logical token positions; consecutive ones in a block are copied as one run
-  dst: Uint16Array | ArenaRef; // [nh, n, 2 (K,V), headDim] raw fp16/bf16
+  dst: Uint16Array | ArenaRef; // [nh, n, 2 (K,V), headDim] raw fp16/bf16; [nh, dstCapacity, 2, headDim] with dstSlots
+  dstSlots?: Int32Array; // [nh, n] slot of each unit in dst (a resident hot set fills only its misses)
+  dstCapacity?: number; // slots per head in dst, with dstSlots
 }
 
 export interface KiviShape {

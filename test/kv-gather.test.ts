@@ -84,6 +84,22 @@ describe('kvGather', () => {
     expect(() => native().kvGather({ ...region, blockIds, kvHeads: Int32Array.of(0), n: 1, positions: Int32Array.of(0), dst: new Uint16Array(128) })).toThrow(KvoffDisposedError);
   });
 
+  it('with dstSlots, units land in the given slots of a resident buffer and nothing else is touched', () => {
+    const { r, shape, region, blockIds, image } = setup(120, 64, 4);
+    const kvHeads = Int32Array.of(1, 3);
+    const n = 10, cap = 32, unit = 2 * 64;
+    const positions = positionsFor(2, n, 120, r);
+    const dstSlots = Int32Array.from({ length: 2 * n }, (_, i) => (i % n) * 3 % cap); // scattered, some adjacent
+    const dst = new Uint16Array(2 * cap * unit).fill(7);
+    native().kvGather({ ...region, blockIds, kvHeads, n, positions, dst, dstSlots, dstCapacity: cap });
+    const dense = gatherRef(shape, image, blockIds, kvHeads, n, positions); // [2, n, unit]
+    const want = new Uint16Array(2 * cap * unit).fill(7);
+    for (let h = 0; h < 2; h++)
+      for (let i = 0; i < n; i++) want.set(dense.subarray((h * n + i) * unit, (h * n + i + 1) * unit), (h * cap + dstSlots[h * n + i]) * unit);
+    expect(dst).toEqual(want);
+    expect(() => native().kvGather({ ...region, blockIds, kvHeads, n, positions, dst, dstSlots: dstSlots.map(() => cap), dstCapacity: cap })).toThrow(KvoffRangeError);
+  });
+
   it('refuses out-of-range positions, heads and block ids, and a wrong-sized destination', () => {
     const { region, blockIds } = setup(40, 64, 3);
     const base = { ...region, blockIds, kvHeads: Int32Array.of(0), n: 2, positions: Int32Array.of(0, 1), dst: new Uint16Array(2 * 128) };

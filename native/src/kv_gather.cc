@@ -22,23 +22,29 @@ struct GatherJob {
   std::vector<int32_t> positions;  // [nh, n] logical token positions, per head
   std::vector<int32_t> kvHeads;    // [nh]
   size_t n = 0;
-  uint8_t* dst = nullptr;          // [nh, n, 2, headDim]
+  std::vector<int32_t> dstSlots;   // [nh, n] optional: unit i of head h lands in slot dstSlots[h*n+i]
+  size_t dstCapacity = 0;          // slots per head when dstSlots is given
+  uint8_t* dst = nullptr;          // [nh, n, 2, headDim], or [nh, dstCapacity, 2, headDim] with dstSlots
   size_t runs = 0;                 // memcpy calls made (for stats and tests)
 
   void run() {
     runs = 0;
     for (size_t h = 0; h < kvHeads.size(); ++h) {
       const int32_t* pos = positions.data() + h * n;
-      uint8_t* out = dst + h * n * rowBytes;
+      const int32_t* slot = dstSlots.empty() ? nullptr : dstSlots.data() + h * n;
+      uint8_t* out = dst + h * (slot ? dstCapacity : n) * rowBytes;
       size_t i = 0;
       while (i < n) {
         const int p = pos[i];
         const int off = p % blockSize;
-        size_t len = 1;  // extend while the next position follows in the same block
-        while (i + len < n && pos[i + len] == p + static_cast<int>(len) && off + static_cast<int>(len) < blockSize) ++len;
+        size_t len = 1;  // extend while the next position follows in the same block (and the next slot follows)
+        while (i + len < n && pos[i + len] == p + static_cast<int>(len) && off + static_cast<int>(len) < blockSize &&
+               (!slot || slot[i + len] == slot[i] + static_cast<int>(len)))
+          ++len;
+        const size_t at = slot ? static_cast<size_t>(slot[i]) : i;
         const uint8_t* from = region + static_cast<size_t>(blockIds[p / blockSize]) * blockBytes +
                               (static_cast<size_t>(kvHeads[h]) * blockSize + off) * rowBytes;
-        std::memcpy(out + i * rowBytes, from, len * rowBytes);
+        std::memcpy(out + at * rowBytes, from, len * rowBytes);
         ++runs;
         i += len;
       }
@@ -77,7 +83,17 @@ std::unique_ptr<GatherJob> read_job(const Args& a) {
   for (size_t i = 0; i < positions.size; ++i)
     if (positions.data[i] < 0 || positions.data[i] > maxPos) a.fail_range("positions", positions.data[i], 0, maxPos);
   job->positions.assign(positions.data, positions.data + positions.size);
-  auto dst = a.u16("dst", mul_checked(a, "dst", kvHeads.size * job->n, job->rowBytes / 2));  // [nh, n, 2, headDim]
+  size_t units = kvHeads.size * job->n;
+  if (a.has("dstSlots")) {
+    job->dstCapacity = static_cast<size_t>(a.integer("dstCapacity", 1, 1 << 30));
+    auto slots = a.i32("dstSlots", positions.size);  // [nh, n]
+    for (size_t i = 0; i < slots.size; ++i)
+      if (slots.data[i] < 0 || static_cast<size_t>(slots.data[i]) >= job->dstCapacity)
+        a.fail_range("dstSlots", slots.data[i], 0, static_cast<int64_t>(job->dstCapacity) - 1);
+    job->dstSlots.assign(slots.data, slots.data + slots.size);
+    units = kvHeads.size * job->dstCapacity;
+  }
+  auto dst = a.u16("dst", mul_checked(a, "dst", units, job->rowBytes / 2));  // [nh, n or dstCapacity, 2, headDim]
   job->dst = reinterpret_cast<uint8_t*>(dst.data);
   job->dstArena = dst.keep;
   return job;

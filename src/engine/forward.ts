@@ -21,14 +21,11 @@ export interface ForwardContext {
  * Attention of query t covers positions [0, start + t]: causal, exact, over the paged host cache.
  */
 export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Array, start: number): Promise<Float32Array> {
-  const { model, kv, pool, stats, signal } = ctx;
+  const { model, kv, stats, signal } = ctx;
   const cache = kv.cache;
   const c = model.config;
   const T = tokens.length;
-  const G = c.numHeads / c.numKvHeads;
   const rowQ = c.numHeads * c.headDim;
-  const kvHeads = Int32Array.from({ length: c.numKvHeads }, (_, h) => h);
-  const scale = 1 / Math.sqrt(c.headDim);
   let hidden = embedTokens(c, model.embed, tokens); // [T, hidden]
   const { cos, sin } = ropeTables(model.invFreq, positionRange(start, T)); // [T, headDim] each
   const slots = cache.reserve(seq, T);
@@ -38,19 +35,10 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
     const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [T, numHeads, headDim]
     stats.deviceMs += performance.now() - t0;
     cache.write(l, slots, k, v);
-    t0 = performance.now();
+    kv.exact?.onWrite(l, start, k);
     const attn = new Float32Array(T * rowQ); // [T, numHeads * headDim]; head h = kvHead * G + g, as in HF's repeat_kv
-    const lse = new Float32Array(T * c.numHeads);
-    const c0 = performance.now();
-    const { region, blockIds, bytesCopied } = kv.attentionSource(l, seq);
-    if (bytesCopied > 0) {
-      stats.bytesH2D += bytesCopied;
-      stats.copyMs += performance.now() - c0;
-    }
-    const base = { region, blockIds, kvHeads, groupSize: G, scale };
-    if (T === 1) await pool.attend({ ...base, numTokens: start + 1, q, out: attn, lse }, { signal });
-    else await pool.attendCausal({ ...base, start, q, out: attn, lse }, { signal });
-    stats.cpuAttnMs += performance.now() - t0;
+    const lse = new Float32Array(T * c.numHeads); // [T, numHeads]
+    await attendLayer(ctx, l, seq, start, q, attn, lse);
     t0 = performance.now();
     hidden = await runPostAttention(model.runner, c, l, attn, hidden);
     stats.deviceMs += performance.now() - t0;
@@ -59,4 +47,28 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
   const logits = await runFinal(model.runner, c, hidden.slice((T - 1) * c.hiddenSize)); // only the last row is sampled
   stats.deviceMs += performance.now() - t0;
   return logits;
+}
+
+/** Attention of one layer for T queries at [start, start + T): q, out [T, numHeads, headDim]; lse [T, numHeads]. */
+async function attendLayer(ctx: ForwardContext, l: number, seq: number, start: number, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
+  const { model, kv, pool, stats, signal } = ctx;
+  const c = model.config;
+  const G = c.numHeads / c.numKvHeads;
+  const scale = 1 / Math.sqrt(c.headDim);
+  const T = q.length / (c.numHeads * c.headDim);
+  if (kv.exact && T === 1) {
+    await kv.exact.attend(l, kv.cache, seq, pool, G, scale, q, out, lse, stats, signal);
+    return;
+  }
+  const t0 = performance.now();
+  const { region, blockIds, bytesCopied } = kv.attentionSource(l, seq);
+  if (bytesCopied > 0) {
+    stats.bytesH2D += bytesCopied;
+    stats.copyMs += performance.now() - t0;
+  }
+  const t1 = performance.now();
+  const base = { region, blockIds, kvHeads: Int32Array.from({ length: c.numKvHeads }, (_, h) => h), groupSize: G, scale };
+  if (T === 1) await pool.attend({ ...base, numTokens: start + 1, q, out, lse }, { signal });
+  else await pool.attendCausal({ ...base, start, q, out, lse }, { signal });
+  stats.cpuAttnMs += performance.now() - t1;
 }

@@ -4,7 +4,7 @@ import { KvoffArgumentError } from '../errors.js';
 import { parseBytes } from '../units.js';
 
 /** Policies this build runs: the lossless ones. DESIGN.md §2 lists the rest; they arrive with the hot set. */
-export const POLICIES = ['dense', 'cpu', 'offload-layer'] as const;
+export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
 const byteSize = z.union([z.string(), z.number()]);

@@ -1,6 +1,7 @@
 // The lossless policies as data: where the full-precision KV lives and what the device tier must hold.
 import type { TierPart } from '../device/tier-allocator.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
+import { EXACT_DEFAULTS, exactDeviceParts } from './exact-attention.js';
 import type { PolicyName } from './options.js';
 
 export interface PolicySpec {
@@ -9,15 +10,25 @@ export interface PolicySpec {
   kvHome: 'device' | 'host';
   /** Copies the whole layer's KV into a device staging buffer before attending (HF OffloadedCache). */
   stagesLayer: boolean;
+  /** Decode attention splits into a device-tier hot set and the CPU rest, merged by LSE (exact). */
+  hotSplit: boolean;
   /** The device-tier working set for a run whose cache has `shape`. */
   deviceParts(shape: HostKvShape): TierPart[];
 }
 
 const layerBytes = (s: HostKvShape): number => HostKvCache.bytesFor({ ...s, numLayers: 1 });
 
+const base = { kvHome: 'host', stagesLayer: false, hotSplit: false } as const;
+
 export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
-  dense: { name: 'dense', kvHome: 'device', stagesLayer: false, deviceParts: (s) => [{ tag: 'kv', bytes: HostKvCache.bytesFor(s) }] },
+  dense: { ...base, name: 'dense', kvHome: 'device', deviceParts: (s) => [{ tag: 'kv', bytes: HostKvCache.bytesFor(s) }] },
   // FastDecode / llama.cpp -nkvo: attention runs where the KV is, on the CPU workers; the device holds no KV.
-  cpu: { name: 'cpu', kvHome: 'host', stagesLayer: false, deviceParts: () => [] },
-  'offload-layer': { name: 'offload-layer', kvHome: 'host', stagesLayer: true, deviceParts: (s) => [{ tag: 'staging', bytes: layerBytes(s) }] },
+  cpu: { ...base, name: 'cpu', deviceParts: () => [] },
+  'offload-layer': { ...base, name: 'offload-layer', stagesLayer: true, deviceParts: (s) => [{ tag: 'staging', bytes: layerBytes(s) }] },
+  // He & Zhai + SpeCache's hot set: low-bit keys pick the hot tokens; the device attends them, the CPU the rest.
+  exact: { ...base, name: 'exact', hotSplit: true, deviceParts: (s) => exactDeviceParts(exactShape(s), EXACT_DEFAULTS) },
 };
+
+export function exactShape(s: HostKvShape) {
+  return { numLayers: s.numLayers, numKvHeads: s.numKvHeads, headDim: s.headDim, dtype: s.dtype, capacityTokens: s.numBlocks * s.blockSize };
+}

@@ -6,16 +6,19 @@ import { KvoffCapacityError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import { native, type KvRegion } from '../native.js';
 import { formatBytes } from '../units.js';
-import type { PolicySpec } from './policies.js';
+import { EXACT_DEFAULTS, ExactAttention } from './exact-attention.js';
+import { exactShape, type PolicySpec } from './policies.js';
 
 export class RunKv {
   readonly cache: HostKvCache;
   readonly tier: HostDeviceTier | null; // null when the policy needs no device memory (cpu)
+  readonly exact: ExactAttention | null; // the hot-set split, for exact
   readonly #staging: TierBuffer | null; // one layer's KV, for offload-layer
 
-  private constructor(cache: HostKvCache, tier: HostDeviceTier | null, staging: TierBuffer | null) {
+  private constructor(cache: HostKvCache, tier: HostDeviceTier | null, staging: TierBuffer | null, exact: ExactAttention | null) {
     this.cache = cache;
     this.tier = tier;
+    this.exact = exact;
     this.#staging = staging;
   }
 
@@ -35,8 +38,9 @@ export class RunKv {
     try {
       const kv = policy.kvHome === 'device' ? tier!.allocate(HostKvCache.bytesFor(shape), 'kv') : null;
       const staging = policy.stagesLayer ? tier!.allocate(HostKvCache.bytesFor({ ...shape, numLayers: 1 }), 'staging') : null;
+      const exact = policy.hotSplit ? new ExactAttention(tier!, exactShape(shape), EXACT_DEFAULTS) : null;
       const cache = new HostKvCache(shape, kv ? { at: kv.ref } : { pin: true });
-      return new RunKv(cache, tier, staging);
+      return new RunKv(cache, tier, staging, exact);
     } catch (err) {
       tier?.dispose();
       throw err;
@@ -73,6 +77,7 @@ export class RunKv {
   }
 
   dispose(): void {
+    this.exact?.dispose();
     this.cache.dispose();
     this.tier?.dispose();
   }
