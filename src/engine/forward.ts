@@ -35,7 +35,7 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
     const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [T, numHeads, headDim]
     stats.deviceMs += performance.now() - t0;
     cache.write(l, slots, k, v);
-    kv.exact?.onWrite(l, start, k);
+    kv.split?.onWrite(l, start, k, v);
     const attn = new Float32Array(T * rowQ); // [T, numHeads * headDim]; head h = kvHead * G + g, as in HF's repeat_kv
     const lse = new Float32Array(T * c.numHeads); // [T, numHeads]
     await attendLayer(ctx, l, seq, start, q, attn, lse);
@@ -56,8 +56,8 @@ async function attendLayer(ctx: ForwardContext, l: number, seq: number, start: n
   const G = c.numHeads / c.numKvHeads;
   const scale = 1 / Math.sqrt(c.headDim);
   const T = q.length / (c.numHeads * c.headDim);
-  if (kv.exact && T === 1) {
-    await kv.exact.attend(l, kv.cache, seq, pool, G, scale, q, out, lse, stats, signal);
+  if (kv.split && T === 1) {
+    await kv.split.attend(l, kv.cache, seq, pool, G, scale, q, out, lse, stats, signal);
     return;
   }
   const t0 = performance.now();

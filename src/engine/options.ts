@@ -3,8 +3,8 @@ import { z } from 'zod';
 import { KvoffArgumentError } from '../errors.js';
 import { parseBytes } from '../units.js';
 
-/** Policies this build runs: the lossless ones. DESIGN.md §2 lists the rest; they arrive with the hot set. */
-export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact'] as const;
+/** Policies this build runs. DESIGN.md §2 lists the rest. */
+export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact', 'tiered'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
 const byteSize = z.union([z.string(), z.number()]);

@@ -1,7 +1,8 @@
 // The lossless policies as data: where the full-precision KV lives and what the device tier must hold.
 import type { TierPart } from '../device/tier-allocator.js';
+import type { SplitKnobs } from './split-attention.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
-import { EXACT_DEFAULTS, exactDeviceParts } from './exact-attention.js';
+import { EXACT_DEFAULTS, TIERED_DEFAULTS, splitDeviceParts } from './split-attention.js';
 import type { PolicyName } from './options.js';
 
 export interface PolicySpec {
@@ -10,15 +11,15 @@ export interface PolicySpec {
   kvHome: 'device' | 'host';
   /** Copies the whole layer's KV into a device staging buffer before attending (HF OffloadedCache). */
   stagesLayer: boolean;
-  /** Decode attention splits into a device-tier hot set and the CPU rest, merged by LSE (exact). */
-  hotSplit: boolean;
+  /** Decode attention is split across tiers by low-bit score and merged by LSE (exact, tiered). */
+  split: SplitKnobs | null;
   /** The device-tier working set for a run whose cache has `shape`. */
   deviceParts(shape: HostKvShape): TierPart[];
 }
 
 const layerBytes = (s: HostKvShape): number => HostKvCache.bytesFor({ ...s, numLayers: 1 });
 
-const base = { kvHome: 'host', stagesLayer: false, hotSplit: false } as const;
+const base = { kvHome: 'host', stagesLayer: false, split: null } as const;
 
 export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
   dense: { ...base, name: 'dense', kvHome: 'device', deviceParts: (s) => [{ tag: 'kv', bytes: HostKvCache.bytesFor(s) }] },
@@ -26,9 +27,11 @@ export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
   cpu: { ...base, name: 'cpu', deviceParts: () => [] },
   'offload-layer': { ...base, name: 'offload-layer', stagesLayer: true, deviceParts: (s) => [{ tag: 'staging', bytes: layerBytes(s) }] },
   // He & Zhai + SpeCache's hot set: low-bit keys pick the hot tokens; the device attends them, the CPU the rest.
-  exact: { ...base, name: 'exact', hotSplit: true, deviceParts: (s) => exactDeviceParts(exactShape(s), EXACT_DEFAULTS) },
+  exact: { ...base, name: 'exact', split: EXACT_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), EXACT_DEFAULTS) },
+  // Ours: full precision for the hottest k1 (device), exact CPU attention for the next k2, a low-bit tail for the rest.
+  tiered: { ...base, name: 'tiered', split: TIERED_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), TIERED_DEFAULTS) },
 };
 
-export function exactShape(s: HostKvShape) {
+export function splitShape(s: HostKvShape) {
   return { numLayers: s.numLayers, numKvHeads: s.numKvHeads, headDim: s.headDim, dtype: s.dtype, capacityTokens: s.numBlocks * s.blockSize };
 }

@@ -6,19 +6,19 @@ import { KvoffCapacityError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import { native, type KvRegion } from '../native.js';
 import { formatBytes } from '../units.js';
-import { EXACT_DEFAULTS, ExactAttention } from './exact-attention.js';
-import { exactShape, type PolicySpec } from './policies.js';
+import { splitShape, type PolicySpec } from './policies.js';
+import { SplitAttention } from './split-attention.js';
 
 export class RunKv {
   readonly cache: HostKvCache;
   readonly tier: HostDeviceTier | null; // null when the policy needs no device memory (cpu)
-  readonly exact: ExactAttention | null; // the hot-set split, for exact
+  readonly split: SplitAttention | null; // the tier split of decode attention (exact, tiered)
   readonly #staging: TierBuffer | null; // one layer's KV, for offload-layer
 
-  private constructor(cache: HostKvCache, tier: HostDeviceTier | null, staging: TierBuffer | null, exact: ExactAttention | null) {
+  private constructor(cache: HostKvCache, tier: HostDeviceTier | null, staging: TierBuffer | null, split: SplitAttention | null) {
     this.cache = cache;
     this.tier = tier;
-    this.exact = exact;
+    this.split = split;
     this.#staging = staging;
   }
 
@@ -38,9 +38,9 @@ export class RunKv {
     try {
       const kv = policy.kvHome === 'device' ? tier!.allocate(HostKvCache.bytesFor(shape), 'kv') : null;
       const staging = policy.stagesLayer ? tier!.allocate(HostKvCache.bytesFor({ ...shape, numLayers: 1 }), 'staging') : null;
-      const exact = policy.hotSplit ? new ExactAttention(tier!, exactShape(shape), EXACT_DEFAULTS) : null;
+      const split = policy.split ? new SplitAttention(tier!, splitShape(shape), policy.split) : null;
       const cache = new HostKvCache(shape, kv ? { at: kv.ref } : { pin: true });
-      return new RunKv(cache, tier, staging, exact);
+      return new RunKv(cache, tier, staging, split);
     } catch (err) {
       tier?.dispose();
       throw err;
@@ -77,7 +77,7 @@ export class RunKv {
   }
 
   dispose(): void {
-    this.exact?.dispose();
+    this.split?.dispose();
     this.cache.dispose();
     this.tier?.dispose();
   }

@@ -1,0 +1,176 @@
+// Decode attention split across tiers, per KV head, merged by LSE. The hot set (sinks, recent window, top-k1
+// by low-bit key score) is attended in full precision in the device tier. Then:
+//   exact:  the CPU workers attend every other token, so the result is exact whatever the selection;
+//   tiered: the CPU workers attend the next k2 tokens by score exactly, and the device attends the rest
+//           through the low-bit (KIVI) copy: closer than a low-bit tail alone, cheaper than exact.
+// The parts are disjoint and cover every token.
+import { performance } from 'node:perf_hooks';
+import type { CpuAttentionPool } from '../cpu-attention.js';
+import type { HostDeviceTier } from '../device/device-tier.js';
+import { LowBitTier } from '../device/low-bit-tier.js';
+import type { HostKvCache } from '../kv/host-cache.js';
+import { KvoffArgumentError } from '../errors.js';
+import { native } from '../native.js';
+import { HotSet } from './hot-set.js';
+import type { EngineStats } from './stats.js';
+
+export interface SplitKnobs {
+  mode: 'exact' | 'tiered';
+  topK: number; // hot tokens chosen by low-bit score, per KV head (k1)
+  cpuK: number; // tiered: the next tokens by score, attended exactly on the CPU (k2)
+  sinks: number;
+  window: number; // recent tokens, always hot; covers the keys not yet quantized
+  bits: 1 | 2 | 4; // of the low-bit keys used for scoring
+  keyGroupSize: 32 | 64;
+}
+
+export const EXACT_DEFAULTS: SplitKnobs = { mode: 'exact', topK: 64, cpuK: 0, sinks: 4, window: 64, bits: 2, keyGroupSize: 32 };
+export const TIERED_DEFAULTS: SplitKnobs = { ...EXACT_DEFAULTS, mode: 'tiered', cpuK: 256, bits: 4 };
+
+interface Shape {
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: 'f16' | 'bf16';
+  capacityTokens: number;
+}
+
+export function splitDeviceParts(s: Shape, k: SplitKnobs, alignment?: number) {
+  const lowBit = LowBitTier.bytesFor({ ...s, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, alignment });
+  const hot = HotSet.bytesFor({ ...s, capacity: k.sinks + k.topK + k.window });
+  return [{ tag: 'low-bit', bytes: lowBit }, { tag: 'hot', bytes: hot }];
+}
+
+export class SplitAttention {
+  readonly #k: SplitKnobs;
+  readonly #lowBit: LowBitTier;
+  readonly #hot: HotSet;
+  readonly #pending: Float32Array[]; // [numLayers] keys of the incomplete group: [keyGroupSize, numKvHeads, headDim]
+  readonly #shape: Shape;
+
+  constructor(tier: HostDeviceTier, shape: Shape, knobs: SplitKnobs) {
+    // Tokens past the last complete key group have no low-bit copy: the always-hot window must cover them.
+    if (knobs.window < knobs.keyGroupSize) throw new KvoffArgumentError('window', `at least keyGroupSize (${knobs.keyGroupSize})`, knobs.window);
+    this.#k = knobs;
+    this.#shape = shape;
+    this.#lowBit = new LowBitTier({ tier, ...shape, bits: knobs.bits, keyGroupSize: knobs.keyGroupSize, valueGroupSize: shape.headDim });
+    this.#hot = new HotSet(tier, { ...shape, capacity: knobs.sinks + knobs.topK + knobs.window });
+    this.#pending = Array.from({ length: shape.numLayers }, () => new Float32Array(knobs.keyGroupSize * shape.numKvHeads * shape.headDim));
+  }
+
+  /**
+   * Feeds tokens [start, start + T) (k, v: [T, numKvHeads, headDim]): complete key groups get quantized; tiered
+   * also quantizes every value, for its low-bit tail.
+   */
+  onWrite(layer: number, start: number, k: Float32Array, v: Float32Array): void {
+    if (this.#k.mode === 'tiered') this.#lowBit.appendValues(layer, v, start);
+    const row = this.#shape.numKvHeads * this.#shape.headDim;
+    const KG = this.#k.keyGroupSize;
+    const pending = this.#pending[layer];
+    const T = k.length / row;
+    for (let t = 0; t < T; t++) {
+      const pos = start + t;
+      pending.set(k.subarray(t * row, (t + 1) * row), (pos % KG) * row);
+      if (pos % KG === KG - 1) this.#lowBit.appendKeyGroup(layer, pending, Math.floor(pos / KG));
+    }
+  }
+
+  /** Decode attention of one token: q, out [numKvHeads, G, headDim]; lse [numKvHeads, G]. */
+  async attend(
+    layer: number, cache: HostKvCache, seq: number, pool: CpuAttentionPool, G: number, scale: number,
+    q: Float32Array, out: Float32Array, lse: Float32Array, stats: EngineStats, signal?: AbortSignal,
+  ): Promise<void> {
+    const { numKvHeads: H, headDim: D } = this.#shape;
+    const n = cache.store.numTokens(seq);
+    const src = { region: cache.region(layer), blockIds: cache.store.blockIds(seq) };
+    const qh = (h: number) => q.subarray(h * G * D, (h + 1) * G * D);
+    const picks = Array.from({ length: H }, (_, h) => this.#select(layer, h, n, qh(h)));
+    // CPU part first, so the workers run while the device parts (here: the main thread) do theirs.
+    const oCpu = new Float32Array(H * G * D); // [H, G, D]
+    const lCpu = new Float32Array(H * G); // [H, G]
+    const t0 = performance.now();
+    const cpu = Promise.all(picks.map((pick, h) => pool.attend(
+      { ...src, numTokens: n, kvHeads: Int32Array.of(h), groupSize: G, q: qh(h), scale,
+        exclude: this.#k.mode === 'exact' ? pick.hot : complement(pick.cpu, n),
+        out: oCpu.subarray(h * G * D, (h + 1) * G * D), lse: lCpu.subarray(h * G, (h + 1) * G) },
+      { signal },
+    )));
+    const d0 = performance.now();
+    const oTail = new Float32Array(G * D); // [G, D]
+    const lTail = new Float32Array(G);
+    for (let h = 0; h < H; h++) {
+      const { slots, hits, misses } = this.#hot.update(layer, h, picks[h].hot, src);
+      stats.hotHits += hits;
+      stats.hotMisses += misses;
+      stats.bytesH2D += misses * 2 * D * 2;
+      const o = out.subarray(h * G * D, (h + 1) * G * D);
+      const l = lse.subarray(h * G, (h + 1) * G);
+      native().kvAttend({ ...this.#hot.region(layer, h), blockIds: slots, numTokens: slots.length, kvHeads: Int32Array.of(0), groupSize: G, scale, q: qh(h), out: o, lse: l });
+      if (this.#k.mode === 'tiered') {
+        const quantized = this.#lowBit.quantizedTokens(layer);
+        this.#lowBit.attendTail(layer, h, qh(h), scale, unionBelow(picks[h].hot, picks[h].cpu, quantized), oTail, lTail);
+        native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oTail, lseB: lTail, out: o, lseOut: l });
+      }
+    }
+    stats.deviceMs += performance.now() - d0;
+    await cpu;
+    stats.cpuAttnMs += performance.now() - t0;
+    native().lseMerge({ rows: H * G, headDim: D, oA: out, lseA: lse, oB: oCpu, lseB: lCpu, out, lseOut: lse });
+  }
+
+  /**
+   * One head's picks, as sorted positions: `hot` = sinks, the recent window and the best k1 of the quantized
+   * tokens by low-bit score; `cpu` (tiered) = the next k2 by score.
+   */
+  #select(layer: number, head: number, n: number, q: Float32Array): { hot: Int32Array; cpu: Int32Array } {
+    const { sinks, window, topK, cpuK, mode } = this.#k;
+    const hot = new Set<number>();
+    for (let p = 0; p < Math.min(sinks, n); p++) hot.add(p);
+    for (let p = Math.max(0, n - window); p < n; p++) hot.add(p);
+    const cpu: number[] = [];
+    const quantized = Math.min(this.#lowBit.quantizedTokens(layer), n);
+    const want = topK + (mode === 'tiered' ? cpuK : 0) + hot.size; // enough to fill both after skipping hot ones
+    const k = Math.min(want, quantized);
+    if (k > 0) {
+      const scores = new Float32Array(quantized);
+      this.#lowBit.score(layer, head, q, scores);
+      const ranked = new Int32Array(k);
+      native().topK({ rows: 1, n: quantized, k, scores, out: ranked });
+      let addedHot = 0;
+      for (const p of ranked) {
+        if (hot.has(p)) continue;
+        if (addedHot < topK) {
+          hot.add(p);
+          addedHot++;
+        } else if (cpu.length < cpuK) {
+          cpu.push(p);
+        } else break;
+      }
+    }
+    return { hot: Int32Array.from(hot).sort(), cpu: Int32Array.from(cpu).sort() };
+  }
+
+  dispose(): void {
+    this.#lowBit.dispose();
+  }
+}
+
+/** Sorted positions of [0, n) that are not in `keep` (sorted). */
+function complement(keep: Int32Array, n: number): Int32Array {
+  const out = new Int32Array(n - keep.length);
+  let j = 0;
+  let o = 0;
+  for (let p = 0; p < n; p++) {
+    if (j < keep.length && keep[j] === p) j++;
+    else out[o++] = p;
+  }
+  return out;
+}
+
+/** Sorted union of two sorted, disjoint position lists, cut to positions below `limit`. */
+function unionBelow(a: Int32Array, b: Int32Array, limit: number): Int32Array {
+  const out: number[] = [];
+  for (const p of a) if (p < limit) out.push(p);
+  for (const p of b) if (p < limit) out.push(p);
+  return Int32Array.from(out).sort();
+}
