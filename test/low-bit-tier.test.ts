@@ -305,3 +305,16 @@ function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return ab / Math.sqrt(aa * bb);
 }
+
+describe('LowBitTier keysOnly', () => {
+  it('holds no value copy: smaller, refuses values', () => {
+    const shape = { numLayers: 2, numKvHeads: 2, headDim: 64, bits: 2 as const, keyGroupSize: 32 as const, valueGroupSize: 64, capacityTokens: 256 };
+    expect(LowBitTier.bytesFor({ ...shape, keysOnly: true })).toBeLessThan(LowBitTier.bytesFor(shape));
+    const tier = new HostDeviceTier({ capacity: LowBitTier.bytesFor({ ...shape, keysOnly: true }) });
+    const lb = new LowBitTier({ tier, ...shape, keysOnly: true });
+    expect(tier.usageByTag()[LOW_BIT_TAG]).toBe(LowBitTier.bytesFor({ ...shape, keysOnly: true }));
+    expect(() => lb.appendValues(0, new Float32Array(2 * 64), 0)).toThrow(/keys only/);
+    lb.dispose();
+    tier.dispose();
+  });
+});

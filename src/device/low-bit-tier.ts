@@ -15,6 +15,7 @@ export interface LowBitShape {
   keyGroupSize: 32 | 64; // tokens per key quantization group (keys are quantized per channel over these tokens)
   valueGroupSize: number; // channels per value quantization group; divides headDim
   capacityTokens: number; // tokens per (layer, kvHead) the values can hold; keys hold floor(capacity / keyGroupSize) groups
+  keysOnly?: boolean; // no value copy: for policies that only score with the low-bit keys (exact)
 }
 
 export interface LowBitTierOptions extends LowBitShape {
@@ -68,9 +69,10 @@ function headLayout(s: LowBitShape): HeadLayout {
   const keyCodes = take(maxGroups * s.keyGroupSize * rowBytes);
   const keyZero = take(maxGroups * D * 4);
   const keyScale = take(maxGroups * D * 4);
-  const valueCodes = take(s.capacityTokens * rowBytes);
-  const valueZero = take(s.capacityTokens * valueGroups * 4);
-  const valueScale = take(s.capacityTokens * valueGroups * 4);
+  const valueTokens = s.keysOnly ? 0 : s.capacityTokens;
+  const valueCodes = take(valueTokens * rowBytes);
+  const valueZero = take(valueTokens * valueGroups * 4);
+  const valueScale = take(valueTokens * valueGroups * 4);
   return { keyCodes, keyZero, keyScale, valueCodes, valueZero, valueScale, bytes: at };
 }
 
@@ -88,6 +90,7 @@ export class LowBitTier {
   readonly valueGroupSize: number;
   readonly capacityTokens: number;
   readonly maxGroups: number; // key groups per (layer, kvHead)
+  readonly keysOnly: boolean;
   readonly #tier: HostDeviceTier;
   readonly #layout: HeadLayout;
   readonly #rowBytes: number; // packed bytes per token row: D*bits/8
@@ -116,6 +119,7 @@ export class LowBitTier {
     this.valueGroupSize = opts.valueGroupSize;
     this.capacityTokens = opts.capacityTokens;
     this.maxGroups = Math.floor(opts.capacityTokens / opts.keyGroupSize);
+    this.keysOnly = opts.keysOnly ?? false;
     this.#tier = opts.tier;
     this.#layout = headLayout(opts);
     this.#rowBytes = (opts.headDim * opts.bits) / 8;
@@ -156,6 +160,7 @@ export class LowBitTier {
     if (!(v instanceof Float32Array) || v.length % (H * D) !== 0) {
       throw new KvoffArgumentError('LowBitTier.appendValues v', `a Float32Array of n * ${H} * ${D} elements ([n, numKvHeads, headDim])`, v);
     }
+    if (this.keysOnly) throw new KvoffArgumentError('LowBitTier.appendValues', 'a tier created without keysOnly', 'one that holds keys only');
     const n = v.length / (H * D);
     const have = this.#valueTokens[layer]!;
     if (!Number.isSafeInteger(start) || start < 0 || start > have) throw new KvoffRangeError('LowBitTier.appendValues start', start, 0, have);

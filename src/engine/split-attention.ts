@@ -35,8 +35,13 @@ interface Shape {
   capacityTokens: number;
 }
 
+/** exact only scores with the low-bit keys; tiered also attends the low-bit values of its tail. */
+function lowBitShape(s: Shape, k: SplitKnobs) {
+  return { ...s, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, keysOnly: k.mode === 'exact' };
+}
+
 export function splitDeviceParts(s: Shape, k: SplitKnobs, alignment?: number) {
-  const lowBit = LowBitTier.bytesFor({ ...s, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, alignment });
+  const lowBit = LowBitTier.bytesFor({ ...lowBitShape(s, k), alignment });
   const hot = HotSet.bytesFor({ ...s, capacity: k.sinks + k.topK + k.window });
   return [{ tag: 'low-bit', bytes: lowBit }, { tag: 'hot', bytes: hot }];
 }
@@ -53,7 +58,7 @@ export class SplitAttention {
     if (knobs.window < knobs.keyGroupSize) throw new KvoffArgumentError('window', `at least keyGroupSize (${knobs.keyGroupSize})`, knobs.window);
     this.#k = knobs;
     this.#shape = shape;
-    this.#lowBit = new LowBitTier({ tier, ...shape, bits: knobs.bits, keyGroupSize: knobs.keyGroupSize, valueGroupSize: shape.headDim });
+    this.#lowBit = new LowBitTier({ tier, ...lowBitShape(shape, knobs) });
     this.#hot = new HotSet(tier, { ...shape, capacity: knobs.sinks + knobs.topK + knobs.window });
     this.#pending = Array.from({ length: shape.numLayers }, () => new Float32Array(knobs.keyGroupSize * shape.numKvHeads * shape.headDim));
   }
