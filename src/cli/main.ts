@@ -72,7 +72,7 @@ program
   .option('--prompt-file <file>', 'read the prompt text from a file')
   .option('--prompt-tokens <ids>', 'prompt as comma-separated token ids (no tokenizer needed)')
   .option('--max-new-tokens <n>', 'tokens to generate', nonNegativeInt('--max-new-tokens'), 64)
-  .option('--policy <policy>', 'KV policy: dense, cpu, offload-layer, exact or tiered (more to come; see DESIGN.md section 2)')
+  .option('--policy <policy>', 'KV policy: dense, cpu, offload-layer, exact, tiered or specache (see DESIGN.md section 2)')
   .option('--vram-budget <bytes>', 'cap on the KV device tier, e.g. 2GiB, 160KiB or a byte count')
   .addOption(backendOption())
   .option('--config <file>', 'engine settings from a tuned.json (kvoff tune)')

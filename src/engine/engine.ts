@@ -4,11 +4,11 @@ import { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
-import { forward, type ForwardContext } from './forward.js';
+import { forward, forwardSpeculative, type ForwardContext } from './forward.js';
 import { POLICY_SPECS } from './policies.js';
 import { RunKv } from './run-kv.js';
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js';
-import { sample, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
+import { argmax, sample, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
 import { emptyStats, type EngineStats } from './stats.js';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -102,6 +102,9 @@ export class Engine {
         opts.onPrefill?.(Math.min(p + chunk, ids.length), ids.length);
       }
       const generated: number[] = [];
+      const speculative = this.options.policy === 'specache';
+      let fedGuess: number | null = null; // the guess fed beside the last real token
+      let nextGuess: number | null = null; // argmax of the last step's second logits row
       let text = '';
       // The token sampled at step i takes position pos; it is fed back only if it fits the cache.
       for (let pos = ids.length; generated.length < maxNew; pos++) {
@@ -114,7 +117,18 @@ export class Engine {
         yield { token, text: piece, logits };
         const eos = opts.stopAtEos !== false && c.eosTokenIds.includes(token);
         if (eos || generated.length >= maxNew || pos >= total) break;
-        logits = await forward(ctx, seq, Int32Array.of(token), pos);
+        if (speculative) {
+          if (fedGuess !== null) this.#stats[fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
+          // No guess yet on the first step: repeating the token is as good as any, and a wrong guess costs
+          // only the quality of the next hot set, never a stall.
+          fedGuess = nextGuess ?? token;
+          const both = await forwardSpeculative(ctx, seq, token, fedGuess, pos); // [2, vocab]
+          const V = c.vocabSize;
+          logits = both.subarray(0, V);
+          nextGuess = argmax(both.subarray(V, 2 * V));
+        } else {
+          logits = await forward(ctx, seq, Int32Array.of(token), pos);
+        }
         this.#stats.decodeTokens += 1;
       }
     } finally {

@@ -35,6 +35,13 @@ export class HotSet {
     return { handle: this.#buffer.ref.handle, offset, numBlocks: capacity, numKvHeads: 1, headDim, blockSize: 1, dtype };
   }
 
+  /** What (layer, head) holds now: positions (sorted) and their slots. */
+  resident(layer: number, head: number): { positions: Int32Array; slots: Int32Array } {
+    const r = this.#resident[layer * this.shape.numKvHeads + head];
+    const positions = Int32Array.from(r.keys()).sort();
+    return { positions, slots: Int32Array.from(positions, (p) => r.get(p)!) };
+  }
+
   /**
    * Makes `want` (sorted positions, at most `capacity`) resident for (layer, head), fetching misses from
    * `src` (the host cache layer and the sequence's block table). Returns the slot of each wanted position.

@@ -4,7 +4,7 @@ import { KvoffArgumentError } from '../errors.js';
 import { parseBytes } from '../units.js';
 
 /** Policies this build runs. DESIGN.md §2 lists the rest. */
-export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact', 'tiered'] as const;
+export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact', 'tiered', 'specache'] as const;
 export type PolicyName = (typeof POLICIES)[number];
 
 const byteSize = z.union([z.string(), z.number()]);

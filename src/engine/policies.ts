@@ -2,7 +2,7 @@
 import type { TierPart } from '../device/tier-allocator.js';
 import type { SplitKnobs } from './split-attention.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
-import { EXACT_DEFAULTS, TIERED_DEFAULTS, splitDeviceParts } from './split-attention.js';
+import { EXACT_DEFAULTS, SPECACHE_DEFAULTS, TIERED_DEFAULTS, splitDeviceParts } from './split-attention.js';
 import type { PolicyName } from './options.js';
 
 export interface PolicySpec {
@@ -30,6 +30,8 @@ export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
   exact: { ...base, name: 'exact', split: EXACT_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), EXACT_DEFAULTS) },
   // Ours: full precision for the hottest k1 (device), exact CPU attention for the next k2, a low-bit tail for the rest.
   tiered: { ...base, name: 'tiered', split: TIERED_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), TIERED_DEFAULTS) },
+  // SpeCache: full-precision hot top-k plus a low-bit tail on the device; a speculative token picks the next hot set.
+  specache: { ...base, name: 'specache', split: SPECACHE_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), SPECACHE_DEFAULTS) },
 };
 
 export function splitShape(s: HostKvShape) {

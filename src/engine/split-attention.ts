@@ -2,7 +2,9 @@
 // by low-bit key score) is attended in full precision in the device tier. Then:
 //   exact:  the CPU workers attend every other token, so the result is exact whatever the selection;
 //   tiered: the CPU workers attend the next k2 tokens by score exactly, and the device attends the rest
-//           through the low-bit (KIVI) copy: closer than a low-bit tail alone, cheaper than exact.
+//           through the low-bit (KIVI) copy: closer than a low-bit tail alone, cheaper than exact;
+//   specache: the device attends the rest through the low-bit copy, and the hot set of a step is the one the
+//           previous step's speculative token chose, so its misses can be fetched ahead (SpeCache).
 // The parts are disjoint and cover every token.
 import { performance } from 'node:perf_hooks';
 import type { CpuAttentionPool } from '../cpu-attention.js';
@@ -15,7 +17,7 @@ import { HotSet } from './hot-set.js';
 import type { EngineStats } from './stats.js';
 
 export interface SplitKnobs {
-  mode: 'exact' | 'tiered';
+  mode: 'exact' | 'tiered' | 'specache';
   topK: number; // hot tokens chosen by low-bit score, per KV head (k1)
   cpuK: number; // tiered: the next tokens by score, attended exactly on the CPU (k2)
   sinks: number;
@@ -26,6 +28,7 @@ export interface SplitKnobs {
 
 export const EXACT_DEFAULTS: SplitKnobs = { mode: 'exact', topK: 64, cpuK: 0, sinks: 4, window: 64, bits: 2, keyGroupSize: 32 };
 export const TIERED_DEFAULTS: SplitKnobs = { ...EXACT_DEFAULTS, mode: 'tiered', cpuK: 256, bits: 4 };
+export const SPECACHE_DEFAULTS: SplitKnobs = { ...EXACT_DEFAULTS, mode: 'specache', bits: 4 };
 
 interface Shape {
   numLayers: number;
@@ -35,6 +38,10 @@ interface Shape {
   capacityTokens: number;
 }
 
+/** Slots per (layer, KV head): sinks, top-k and window, plus the token that arrives between a speculative
+ *  choice and its use (specache). */
+const hotCapacity = (k: SplitKnobs): number => k.sinks + k.topK + k.window + 1;
+
 /** exact only scores with the low-bit keys; tiered also attends the low-bit values of its tail. */
 function lowBitShape(s: Shape, k: SplitKnobs) {
   return { ...s, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, keysOnly: k.mode === 'exact' };
@@ -42,7 +49,7 @@ function lowBitShape(s: Shape, k: SplitKnobs) {
 
 export function splitDeviceParts(s: Shape, k: SplitKnobs, alignment?: number) {
   const lowBit = LowBitTier.bytesFor({ ...lowBitShape(s, k), alignment });
-  const hot = HotSet.bytesFor({ ...s, capacity: k.sinks + k.topK + k.window });
+  const hot = HotSet.bytesFor({ ...s, capacity: hotCapacity(k) });
   return [{ tag: 'low-bit', bytes: lowBit }, { tag: 'hot', bytes: hot }];
 }
 
@@ -52,6 +59,7 @@ export class SplitAttention {
   readonly #hot: HotSet;
   readonly #pending: Float32Array[]; // [numLayers] keys of the incomplete group: [keyGroupSize, numKvHeads, headDim]
   readonly #shape: Shape;
+  readonly #guide: (Int32Array | null)[]; // [numLayers * numKvHeads] specache: hot positions the last speculative query chose
 
   constructor(tier: HostDeviceTier, shape: Shape, knobs: SplitKnobs) {
     // Tokens past the last complete key group have no low-bit copy: the always-hot window must cover them.
@@ -59,8 +67,9 @@ export class SplitAttention {
     this.#k = knobs;
     this.#shape = shape;
     this.#lowBit = new LowBitTier({ tier, ...lowBitShape(shape, knobs) });
-    this.#hot = new HotSet(tier, { ...shape, capacity: knobs.sinks + knobs.topK + knobs.window });
+    this.#hot = new HotSet(tier, { ...shape, capacity: hotCapacity(knobs) });
     this.#pending = Array.from({ length: shape.numLayers }, () => new Float32Array(knobs.keyGroupSize * shape.numKvHeads * shape.headDim));
+    this.#guide = new Array(shape.numLayers * shape.numKvHeads).fill(null);
   }
 
   /**
@@ -68,7 +77,7 @@ export class SplitAttention {
    * also quantizes every value, for its low-bit tail.
    */
   onWrite(layer: number, start: number, k: Float32Array, v: Float32Array): void {
-    if (this.#k.mode === 'tiered') this.#lowBit.appendValues(layer, v, start);
+    if (this.#k.mode !== 'exact') this.#lowBit.appendValues(layer, v, start);
     const row = this.#shape.numKvHeads * this.#shape.headDim;
     const KG = this.#k.keyGroupSize;
     const pending = this.#pending[layer];
@@ -89,12 +98,17 @@ export class SplitAttention {
     const n = cache.store.numTokens(seq);
     const src = { region: cache.region(layer), blockIds: cache.store.blockIds(seq) };
     const qh = (h: number) => q.subarray(h * G * D, (h + 1) * G * D);
-    const picks = Array.from({ length: H }, (_, h) => this.#select(layer, h, n, qh(h)));
+    const picks = Array.from({ length: H }, (_, h) => {
+      const guide = this.#guide[layer * H + h];
+      this.#guide[layer * H + h] = null;
+      // specache: the positions the previous step's speculative token chose, plus what arrived since.
+      return guide ? { hot: withRecent(guide, n, this.#k), cpu: new Int32Array(0) } : this.#select(layer, h, n, qh(h));
+    });
     // CPU part first, so the workers run while the device parts (here: the main thread) do theirs.
     const oCpu = new Float32Array(H * G * D); // [H, G, D]
     const lCpu = new Float32Array(H * G); // [H, G]
     const t0 = performance.now();
-    const cpu = Promise.all(picks.map((pick, h) => pool.attend(
+    const cpu = this.#k.mode === 'specache' ? Promise.resolve([]) : Promise.all(picks.map((pick, h) => pool.attend(
       { ...src, numTokens: n, kvHeads: Int32Array.of(h), groupSize: G, q: qh(h), scale,
         exclude: this.#k.mode === 'exact' ? pick.hot : complement(pick.cpu, n),
         out: oCpu.subarray(h * G * D, (h + 1) * G * D), lse: lCpu.subarray(h * G, (h + 1) * G) },
@@ -111,7 +125,7 @@ export class SplitAttention {
       const o = out.subarray(h * G * D, (h + 1) * G * D);
       const l = lse.subarray(h * G, (h + 1) * G);
       native().kvAttend({ ...this.#hot.region(layer, h), blockIds: slots, numTokens: slots.length, kvHeads: Int32Array.of(0), groupSize: G, scale, q: qh(h), out: o, lse: l });
-      if (this.#k.mode === 'tiered') {
+      if (this.#k.mode !== 'exact') {
         const quantized = this.#lowBit.quantizedTokens(layer);
         this.#lowBit.attendTail(layer, h, qh(h), scale, unionBelow(picks[h].hot, picks[h].cpu, quantized), oTail, lTail);
         native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oTail, lseB: lTail, out: o, lseOut: l });
@@ -120,7 +134,43 @@ export class SplitAttention {
     stats.deviceMs += performance.now() - d0;
     await cpu;
     stats.cpuAttnMs += performance.now() - t0;
-    native().lseMerge({ rows: H * G, headDim: D, oA: out, lseA: lse, oB: oCpu, lseB: lCpu, out, lseOut: lse });
+    if (this.#k.mode !== 'specache') native().lseMerge({ rows: H * G, headDim: D, oA: out, lseA: lse, oB: oCpu, lseB: lCpu, out, lseOut: lse });
+  }
+
+  /**
+   * specache's speculative token: attends like the real one (the resident hot set plus the low-bit tail) and
+   * itself (its KV is never stored), then picks the hot set of the next step from its query.
+   * q, out [numKvHeads, G, headDim]; k, v [numKvHeads, headDim]; lse [numKvHeads, G].
+   */
+  attendSpeculative(
+    layer: number, cache: HostKvCache, seq: number, G: number, scale: number,
+    q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array, stats: EngineStats,
+  ): void {
+    const { numKvHeads: H, headDim: D } = this.#shape;
+    const n = cache.store.numTokens(seq);
+    const d0 = performance.now();
+    const oPart = new Float32Array(G * D); // [G, D]
+    const lPart = new Float32Array(G);
+    for (let h = 0; h < H; h++) {
+      const qg = q.subarray(h * G * D, (h + 1) * G * D);
+      const o = out.subarray(h * G * D, (h + 1) * G * D);
+      const l = lse.subarray(h * G, (h + 1) * G);
+      const { positions, slots } = this.#hot.resident(layer, h);
+      native().kvAttend({ ...this.#hot.region(layer, h), blockIds: slots, numTokens: slots.length, kvHeads: Int32Array.of(0), groupSize: G, scale, q: qg, out: o, lse: l });
+      this.#lowBit.attendTail(layer, h, qg, scale, positions.filter((p) => p < this.#lowBit.quantizedTokens(layer)), oPart, lPart);
+      native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
+      // Itself: one token, so o = v and lse = the scaled score.
+      const kh = k.subarray(h * D, (h + 1) * D);
+      for (let g = 0; g < G; g++) {
+        let dot = 0;
+        for (let i = 0; i < D; i++) dot += qg[g * D + i] * kh[i];
+        lPart[g] = dot * scale;
+        oPart.set(v.subarray(h * D, (h + 1) * D), g * D);
+      }
+      native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
+      this.#guide[layer * H + h] = this.#select(layer, h, n, qg).hot;
+    }
+    stats.deviceMs += performance.now() - d0;
   }
 
   /**
@@ -178,4 +228,12 @@ function unionBelow(a: Int32Array, b: Int32Array, limit: number): Int32Array {
   for (const p of a) if (p < limit) out.push(p);
   for (const p of b) if (p < limit) out.push(p);
   return Int32Array.from(out).sort();
+}
+
+/** A guided hot set brought up to date: the sinks and the recent window as of `n` tokens, sorted. */
+function withRecent(guide: Int32Array, n: number, k: SplitKnobs): Int32Array {
+  const set = new Set(guide);
+  for (let p = 0; p < Math.min(k.sinks, n); p++) set.add(p);
+  for (let p = Math.max(0, n - k.window); p < n; p++) set.add(p);
+  return Int32Array.from(set).sort();
 }
