@@ -133,6 +133,7 @@ export class Engine {
       }
     } finally {
       opts.signal?.removeEventListener('abort', follow);
+      await kv.split?.settle();
       kv.dispose();
       this.#stats.deviceBytes = 0;
       this.#stats.hostBytes = 0;

@@ -42,19 +42,16 @@ export class HotSet {
     return { positions, slots: Int32Array.from(positions, (p) => r.get(p)!) };
   }
 
-  /**
-   * Makes `want` (sorted positions, at most `capacity`) resident for (layer, head), fetching misses from
-   * `src` (the host cache layer and the sequence's block table). Returns the slot of each wanted position.
-   */
-  update(layer: number, head: number, want: Int32Array, src: { region: KvRegion; blockIds: Int32Array }): { slots: Int32Array; hits: number; misses: number } {
+  /** Evicts what `want` drops and assigns slots to its misses; returns the gather to run, if any. */
+  #plan(layer: number, head: number, want: Int32Array, src: { region: KvRegion; blockIds: Int32Array }) {
     const resident = this.#resident[layer * this.shape.numKvHeads + head];
     const wanted = new Set(want);
-    const free: number[] = [];
     const used = new Set<number>();
     for (const [pos, slot] of resident) {
       if (wanted.has(pos)) used.add(slot);
       else resident.delete(pos);
     }
+    const free: number[] = [];
     for (let s = this.shape.capacity - 1; s >= 0; s--) if (!used.has(s)) free.push(s);
     const missPos: number[] = [];
     const missSlot: number[] = [];
@@ -65,14 +62,30 @@ export class HotSet {
       missPos.push(p);
       missSlot.push(slot);
     }
-    if (missPos.length > 0) {
-      const r = this.region(layer, head);
-      native().kvGather({
-        ...src.region, blockIds: src.blockIds, kvHeads: Int32Array.of(head), n: missPos.length,
-        positions: Int32Array.from(missPos), dst: { handle: r.handle, offset: r.offset }, dstSlots: Int32Array.from(missSlot), dstCapacity: this.shape.capacity,
-      });
-    }
-    const slots = Int32Array.from(want, (p) => resident.get(p)!);
-    return { slots, hits: want.length - missPos.length, misses: missPos.length };
+    const r = this.region(layer, head);
+    const gather = missPos.length === 0 ? null : {
+      ...src.region, blockIds: src.blockIds, kvHeads: Int32Array.of(head), n: missPos.length, positions: Int32Array.from(missPos),
+      dst: { handle: r.handle, offset: r.offset }, dstSlots: Int32Array.from(missSlot), dstCapacity: this.shape.capacity,
+    };
+    return { gather, hits: want.length - missPos.length, misses: missPos.length, resident };
+  }
+
+  /**
+   * Makes `want` (sorted positions, at most `capacity`) resident for (layer, head), fetching misses from
+   * `src` (the host cache layer and the sequence's block table). Returns the slot of each wanted position.
+   */
+  update(layer: number, head: number, want: Int32Array, src: { region: KvRegion; blockIds: Int32Array }): { slots: Int32Array; hits: number; misses: number } {
+    const { gather, hits, misses, resident } = this.#plan(layer, head, want, src);
+    if (gather) native().kvGather(gather);
+    return { slots: Int32Array.from(want, (p) => resident.get(p)!), hits, misses };
+  }
+
+  /**
+   * Starts fetching the misses of `want` on the copy thread and returns at once: the prefetch of the next
+   * step. Everything in `want` must already be in the host cache. Resolves with the units fetched.
+   */
+  prefetch(layer: number, head: number, want: Int32Array, src: { region: KvRegion; blockIds: Int32Array }): Promise<number> {
+    const { gather, misses } = this.#plan(layer, head, want, src);
+    return gather ? native().kvGatherAsync(gather).then(() => misses) : Promise.resolve(0);
   }
 }

@@ -60,6 +60,9 @@ export class SplitAttention {
   readonly #pending: Float32Array[]; // [numLayers] keys of the incomplete group: [keyGroupSize, numKvHeads, headDim]
   readonly #shape: Shape;
   readonly #guide: (Int32Array | null)[]; // [numLayers * numKvHeads] specache: hot positions the last speculative query chose
+  readonly #inflight: (Promise<number> | null)[]; // [numLayers * numKvHeads] specache: the prefetch of those positions
+  #copyMs = 0; // prefetch time on the copy thread
+  #exposedMs = 0; // of which a step waited for
 
   constructor(tier: HostDeviceTier, shape: Shape, knobs: SplitKnobs) {
     // Tokens past the last complete key group have no low-bit copy: the always-hot window must cover them.
@@ -70,6 +73,7 @@ export class SplitAttention {
     this.#hot = new HotSet(tier, { ...shape, capacity: hotCapacity(knobs) });
     this.#pending = Array.from({ length: shape.numLayers }, () => new Float32Array(knobs.keyGroupSize * shape.numKvHeads * shape.headDim));
     this.#guide = new Array(shape.numLayers * shape.numKvHeads).fill(null);
+    this.#inflight = new Array(shape.numLayers * shape.numKvHeads).fill(null);
   }
 
   /**
@@ -118,6 +122,7 @@ export class SplitAttention {
     const oTail = new Float32Array(G * D); // [G, D]
     const lTail = new Float32Array(G);
     for (let h = 0; h < H; h++) {
+      await this.#awaitPrefetch(layer * H + h, stats);
       const { slots, hits, misses } = this.#hot.update(layer, h, picks[h].hot, src);
       stats.hotHits += hits;
       stats.hotMisses += misses;
@@ -168,9 +173,31 @@ export class SplitAttention {
         oPart.set(v.subarray(h * D, (h + 1) * D), g * D);
       }
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
-      this.#guide[layer * H + h] = this.#select(layer, h, n, qg).hot;
+      const guide = this.#select(layer, h, n, qg).hot;
+      this.#guide[layer * H + h] = guide;
+      // Prefetch now, on the copy thread, what the next step will want: it overlaps the rest of this step.
+      const c0 = performance.now();
+      const src = { region: cache.region(layer), blockIds: cache.store.blockIds(seq) };
+      this.#inflight[layer * H + h] = this.#hot.prefetch(layer, h, withRecent(guide, n, this.#k), src).then((fetched) => {
+        this.#copyMs += performance.now() - c0;
+        stats.hotMisses += fetched;
+        stats.bytesH2D += fetched * 2 * D * 2;
+        return fetched;
+      });
     }
     stats.deviceMs += performance.now() - d0;
+  }
+
+  /** Waits for a (layer, head)'s prefetch, if one is in flight, and books the wait as exposed copy time. */
+  async #awaitPrefetch(i: number, stats: EngineStats): Promise<void> {
+    const p = this.#inflight[i];
+    if (!p) return;
+    this.#inflight[i] = null;
+    const w0 = performance.now();
+    await p;
+    this.#exposedMs += performance.now() - w0;
+    stats.copyMs = this.#copyMs;
+    stats.overlapRatio = this.#copyMs > 0 ? Math.max(0, 1 - this.#exposedMs / this.#copyMs) : 0;
   }
 
   /**
@@ -203,6 +230,12 @@ export class SplitAttention {
       }
     }
     return { hot: Int32Array.from(hot).sort(), cpu: Int32Array.from(cpu).sort() };
+  }
+
+  /** Waits for prefetches still in flight (their arenas stay alive natively, but the results are unused). */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.#inflight.filter((p) => p !== null));
+    this.#inflight.fill(null);
   }
 
   dispose(): void {
