@@ -39,3 +39,20 @@ describe.each(['dense', 'cpu', 'exact', 'specache'])('abort mid-step (%s)', (pol
     await engine.dispose();
   }, 60_000);
 });
+
+describe('abort during decode', () => {
+  it.each(['exact', 'tiered', 'specache'])('%s: an abort after some tokens rejects the generation and the engine goes on', async (policy) => {
+    const engine = await createEngine(model, { policy });
+    const ac = new AbortController();
+    const got: number[] = [];
+    await expect((async () => {
+      for await (const t of engine.generate(prompt, { maxNewTokens: 20, stopAtEos: false, signal: ac.signal })) {
+        got.push(t.token);
+        if (got.length === 3) setImmediate(() => ac.abort(new Error('stop'))); // lands while the next step runs
+      }
+    })()).rejects.toThrow(/stop|abort/i);
+    expect(got.length).toBeGreaterThanOrEqual(3);
+    expect((await tokens(engine)).length).toBe(6);
+    await engine.dispose();
+  }, 60_000);
+});

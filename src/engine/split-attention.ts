@@ -118,6 +118,9 @@ export class SplitAttention {
         out: oCpu.subarray(h * G * D, (h + 1) * G * D), lse: lCpu.subarray(h * G, (h + 1) * G) },
       { signal },
     )));
+    // Observed now, awaited below: a rejection (abort, crashed worker) while the device part runs must not
+    // count as unhandled, and must still fail this step.
+    cpu.catch(() => {});
     const d0 = performance.now();
     const oTail = new Float32Array(G * D); // [G, D]
     const lTail = new Float32Array(G);
