@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvoffCapacityError } from '../src/errors.js';
 import { createEngine, loadModel, type Model } from '../src/index.js';
+import { errOverRange } from './helpers.js';
 import { writeTinyModel, type TinyModel } from './fixtures.js';
 
 let tiny: TinyModel;
@@ -42,15 +43,6 @@ async function smallestBudget(model: Model, policy: string, prompt: number[]): P
   }
 }
 
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let lo = Infinity, hi = -Infinity, d = 0;
-  for (let i = 0; i < b.length; i++) {
-    lo = Math.min(lo, b[i]);
-    hi = Math.max(hi, b[i]);
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-  }
-  return d / (hi - lo);
-}
 
 describe.each(['random', 'demo'])('lossless policies on the %s model', (name) => {
   // Longer than the exact policy's hot set (4 sinks + 64 top-k + 64 recent), so its CPU part is never empty.
@@ -66,7 +58,7 @@ describe.each(['random', 'demo'])('lossless policies on the %s model', (name) =>
         expect(r.steps.map((s) => s.token)).toEqual(dense.steps.map((s) => s.token));
         // Same kernels over the same bytes (exact: a different split of the sum, merged by LSE), so the
         // bound is tight: 1e-5 of the logit range.
-        for (let i = 0; i < r.steps.length; i++) expect(maxRelDiff(r.steps[i].logits, dense.steps[i].logits)).toBeLessThanOrEqual(1e-5);
+        for (let i = 0; i < r.steps.length; i++) expect(errOverRange(r.steps[i].logits, dense.steps[i].logits)).toBeLessThanOrEqual(1e-5);
         if (budget !== undefined) expect(r.stats.deviceBytesPeak).toBeLessThanOrEqual(budget);
       }
     }

@@ -39,3 +39,14 @@ export function worstRatio(a: ArrayLike<number>, b: ArrayLike<number>, atol: num
   }
   return w;
 }
+
+/** max |a - ref| divided by the range of `ref`: how logits are compared across implementations. */
+export function errOverRange(a: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let lo = Infinity, hi = -Infinity, err = 0;
+  for (let i = 0; i < ref.length; i++) {
+    lo = Math.min(lo, ref[i]);
+    hi = Math.max(hi, ref[i]);
+    err = Math.max(err, Math.abs(a[i] - ref[i]));
+  }
+  return err / (hi - lo);
+}

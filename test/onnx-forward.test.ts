@@ -11,7 +11,7 @@ import {
 } from '../src/model/onnx/session.js';
 import { positionRange, ropeInvFreq, ropeTables } from '../src/model/rope.js';
 import type { ModelConfig } from '../src/model/types.js';
-import { randn, rng } from './helpers.js';
+import { randn, rng, errOverRange } from './helpers.js';
 import { causalAttentionRef, referenceForward, type F32Weights } from './reference-forward.js';
 
 function tinyConfig(over: Partial<ModelConfig>): ModelConfig {
@@ -83,16 +83,6 @@ async function ortForward(r: DenseRunner, c: ModelConfig, w: F32Weights, tokens:
   return runFinal(r, c, hidden); // [T, vocab]
 }
 
-/** max |a - b| divided by the reference logits' range. */
-function errOverRange(a: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let lo = Infinity, hi = -Infinity, err = 0;
-  for (let i = 0; i < ref.length; i++) {
-    lo = Math.min(lo, ref[i]);
-    hi = Math.max(hi, ref[i]);
-    err = Math.max(err, Math.abs(a[i] - ref[i]));
-  }
-  return err / (hi - lo);
-}
 
 const cases: [string, Partial<ModelConfig>][] = [
   ['llama GQA (4 heads, 2 KV), untied', {}],
