@@ -31,18 +31,19 @@ async function measure(cycle: () => Promise<void>, warmup: number, cycles: numbe
 
 const mib = (b: number) => (b / 2 ** 20).toFixed(1);
 
-// Measured (2026-11-23, 150 cycles after 20 of warm-up): a model cycle adds ~0.04 MiB, an engine cycle ~0.01
-// MiB. A leaked worker thread, onnxruntime session or weight copy (~1 MiB a cycle) would add 50 MiB here.
+// The model cycle loads the demo model: its f32 graphs take ~12 MiB, a worker thread ~5 MiB, so leaking either
+// would add hundreds of MiB over 50 cycles, far past the bound, while the allocator's settling (seen up to
+// ~20 MiB on a busy 2-core machine) stays under it. Measured idle: 2-5 MiB per 50 cycles.
 describe('dispose', () => {
   it('loading and disposing a model 50 times keeps RSS and native arenas flat', async () => {
     const arenas = arenaTotals();
     const growth = await measure(async () => {
-      const model = await loadModel(tiny.dir, { backend: 'cpu' });
+      const model = await loadModel('demo', { backend: 'cpu' });
       await model.dispose();
     }, 20, 50);
     console.log(`RSS growth over 50 model load/dispose cycles: ${mib(growth)} MiB`);
     expect(arenaTotals()).toEqual(arenas);
-    expect(growth).toBeLessThan(16 * 2 ** 20);
+    expect(growth).toBeLessThan(48 * 2 ** 20);
   }, 240_000);
 
   it('creating, using and disposing an engine 50 times keeps RSS and native arenas flat', async () => {
@@ -56,6 +57,6 @@ describe('dispose', () => {
     await model.dispose();
     console.log(`RSS growth over 50 engine create/generate/dispose cycles: ${mib(growth)} MiB`);
     expect(arenaTotals()).toEqual(arenas);
-    expect(growth).toBeLessThan(16 * 2 ** 20);
+    expect(growth).toBeLessThan(32 * 2 ** 20);
   }, 240_000);
 });
