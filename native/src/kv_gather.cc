@@ -59,7 +59,7 @@ std::unique_ptr<GatherJob> read_job(const Args& a) {
   const int numBlocks = static_cast<int>(a.integer("numBlocks", 1, 1 << 30));
   const int numKvHeads = static_cast<int>(a.integer("numKvHeads", 1, 1024));
   const int headDim = static_cast<int>(a.integer("headDim", 1, 1024));
-  job->blockSize = static_cast<int>(a.integer("blockSize", 1, 1 << 16));
+  job->blockSize = static_cast<int>(a.integer("blockSize", 1, 1 << 30));
   a.dtype("dtype");  // both dtypes are 16-bit: the copy is dtype-blind, but the field must be valid
   job->rowBytes = static_cast<size_t>(2) * headDim * 2;
   job->blockBytes = static_cast<size_t>(numKvHeads) * job->blockSize * job->rowBytes;

@@ -25,7 +25,7 @@ Region read_region(const Args& a) {
   r.numBlocks = static_cast<int>(a.integer("numBlocks", 1, 1 << 30));
   r.numKvHeads = static_cast<int>(a.integer("numKvHeads", 1, 1024));
   r.headDim = static_cast<int>(a.integer("headDim", 1, 1024));
-  r.blockSize = static_cast<int>(a.integer("blockSize", 1, 1 << 16));
+  r.blockSize = static_cast<int>(a.integer("blockSize", 1, 1 << 30));
   r.dtype = a.dtype("dtype");
   r.blockBytes = static_cast<size_t>(r.numKvHeads) * r.blockSize * 2 * r.headDim * 2;
   const size_t offset = static_cast<size_t>(a.integer("offset", 0, 9007199254740991LL));

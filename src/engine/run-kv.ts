@@ -56,23 +56,25 @@ export class RunKv {
   }
 
   /**
-   * Where layer `layer` of `seq` is attended. offload-layer first copies the sequence's blocks of that layer
-   * into the staging buffer, block by block (bulk copies, never per row), and attends the copy.
-   * Returns the region, its block ids and the bytes copied.
+   * Where layer `layer` of `seq` is attended. offload-layer first copies the layer's KV of the sequence into
+   * the staging buffer with one gather call (per head, each block's run of tokens is one memcpy) and attends
+   * the copy, laid out as a single block [numKvHeads, n, 2, headDim]. Returns the region, its block ids and
+   * the bytes copied.
    */
   attentionSource(layer: number, seq: number): { region: KvRegion; blockIds: Int32Array; bytesCopied: number } {
     const region = this.cache.region(layer);
     const blockIds = this.cache.store.blockIds(seq);
     if (!this.#staging) return { region, blockIds, bytesCopied: 0 };
-    const nb = Math.ceil(this.cache.store.numTokens(seq) / region.blockSize);
-    const bb = this.cache.blockBytes;
-    for (let i = 0; i < nb; i++) {
-      native().arenaCopy({ srcHandle: region.handle, srcOffset: region.offset + blockIds[i] * bb, dstHandle: this.#staging.ref.handle, dstOffset: this.#staging.ref.offset + i * bb, bytes: bb });
-    }
+    const n = this.cache.store.numTokens(seq);
+    const H = region.numKvHeads;
+    const positions = new Int32Array(H * n); // [H, n]: every token of every head
+    for (let h = 0; h < H; h++) for (let p = 0; p < n; p++) positions[h * n + p] = p;
+    const dst = this.#staging.ref;
+    native().kvGather({ ...region, blockIds, kvHeads: Int32Array.from({ length: H }, (_, h) => h), n, positions, dst });
     return {
-      region: { ...region, handle: this.#staging.ref.handle, offset: this.#staging.ref.offset },
-      blockIds: Int32Array.from({ length: nb }, (_, i) => i),
-      bytesCopied: nb * bb,
+      region: { ...region, handle: dst.handle, offset: dst.offset, numBlocks: 1, blockSize: n },
+      blockIds: Int32Array.of(0),
+      bytesCopied: H * n * 2 * region.headDim * 2,
     };
   }
 

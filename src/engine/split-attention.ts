@@ -61,6 +61,7 @@ export class SplitAttention {
   readonly #shape: Shape;
   readonly #guide: (Int32Array | null)[]; // [numLayers * numKvHeads] specache: hot positions the last speculative query chose
   readonly #inflight: (Promise<number> | null)[]; // [numLayers * numKvHeads] specache: the prefetch of those positions
+  #scores = new Float32Array(0); // scratch for low-bit scores, reused across heads, layers and steps
   #copyMs = 0; // prefetch time on the copy thread
   #exposedMs = 0; // of which a step waited for
 
@@ -159,13 +160,14 @@ export class SplitAttention {
     const d0 = performance.now();
     const oPart = new Float32Array(G * D); // [G, D]
     const lPart = new Float32Array(G);
+    const quantized = this.#lowBit.quantizedTokens(layer);
     for (let h = 0; h < H; h++) {
       const qg = q.subarray(h * G * D, (h + 1) * G * D);
       const o = out.subarray(h * G * D, (h + 1) * G * D);
       const l = lse.subarray(h * G, (h + 1) * G);
       const { positions, slots } = this.#hot.resident(layer, h);
       native().kvAttend({ ...this.#hot.region(layer, h), blockIds: slots, numTokens: slots.length, kvHeads: Int32Array.of(0), groupSize: G, scale, q: qg, out: o, lse: l });
-      this.#lowBit.attendTail(layer, h, qg, scale, positions.filter((p) => p < this.#lowBit.quantizedTokens(layer)), oPart, lPart);
+      this.#lowBit.attendTail(layer, h, qg, scale, positions.filter((p) => p < quantized), oPart, lPart);
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
       // Itself: one token, so o = v and lse = the scaled score.
       const kh = k.subarray(h * D, (h + 1) * D);
@@ -217,7 +219,8 @@ export class SplitAttention {
     const want = topK + (mode === 'tiered' ? cpuK : 0) + hot.size; // enough to fill both after skipping hot ones
     const k = Math.min(want, quantized);
     if (k > 0) {
-      const scores = new Float32Array(quantized);
+      if (this.#scores.length < quantized) this.#scores = new Float32Array(this.#shape.capacityTokens); // [capacity]
+      const scores = this.#scores.subarray(0, quantized);
       this.#lowBit.score(layer, head, q, scores);
       const ranked = new Int32Array(k);
       native().topK({ rows: 1, n: quantized, k, scores, out: ranked });
