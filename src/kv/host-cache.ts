@@ -55,10 +55,6 @@ export class HostKvCache {
     this.baseOffset = opts.at ? opts.at.offset : 0;
   }
 
-  /** Whether the cache lives in page-locked memory (false when placed in someone else's arena). */
-  get pinned(): boolean {
-    return this.#owned?.pinned ?? false;
-  }
 
   static bytesFor(shape: HostKvShape): number {
     return kvBlockBytes(shape) * shape.numBlocks * shape.numLayers;
