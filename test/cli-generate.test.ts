@@ -1,6 +1,6 @@
 // `kvoff generate` as a user runs it: the built CLI in a child process, its JSON and logits file, and its errors.
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +33,10 @@ afterAll(async () => {
 });
 
 describe('kvoff generate', () => {
+  it('the built bin is executable (npx kvoff runs it directly)', () => {
+    expect(statSync(CLI).mode & 0o111).not.toBe(0);
+  });
+
   it('--json prints {tokens, text, stats} and --logits-out writes [steps, vocab] float32', async () => {
     const out = join(tmp, 'logits.bin');
     const r = await kvoff(['generate', '--model', tiny.dir, '--prompt-tokens', '1,5,9,13', '--max-new-tokens', '5', '--json', '--logits-out', out, '--backend', 'cpu']);
