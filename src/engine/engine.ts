@@ -4,9 +4,10 @@ import { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
-import { forward, forwardSpeculative, type ForwardContext } from './forward.js';
-import { POLICY_SPECS } from './policies.js';
-import { RunKv } from './run-kv.js';
+import { decodeStep, forward, type DecodeRow, type ForwardContext } from './forward.js';
+import { POLICY_SPECS, type Knobs } from './policies.js';
+import { planPrefixSharing } from './prefix-sharing.js';
+import { RunKv, type SeqKv } from './run-kv.js';
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js';
 import { argmax, sample, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
 import { emptyStats, type EngineStats } from './stats.js';
@@ -25,11 +26,29 @@ export interface GeneratedToken {
   logits: Float32Array; // [vocab] the distribution this token was drawn from
 }
 
+export interface BatchToken extends GeneratedToken {
+  seq: number; // index of the prompt in the batch
+}
+
+/** A sequence being decoded. */
+interface Live {
+  seq: SeqKv;
+  logits: Float32Array; // [vocab] of the next token
+  pos: number; // where the next token goes
+  total: number; // capacity: the last position a token may take
+  random: () => number;
+  generated: number[];
+  text: string;
+  fedGuess: number | null; // specache: the guess fed beside the last real token
+  nextGuess: number | null; // argmax of the last step's second logits row
+}
+
 export class Engine {
   readonly options: ResolvedEngineOptions;
   readonly #model: Model;
   readonly #pool: CpuAttentionPool;
   #stats: EngineStats;
+  #lastKnobs: Knobs | null = null;
   #live = true;
 
   constructor(model: Model, options: EngineOptions = {}) {
@@ -45,11 +64,11 @@ export class Engine {
   }
 
   /** Prompt text (needs a tokenizer) or token ids, validated against the vocabulary. */
-  encode(prompt: string | ArrayLike<number>): Int32Array {
+  encode(prompt: string | ArrayLike<number>, name = 'prompt'): Int32Array {
     const c = this.#model.config;
     if (typeof prompt === 'string') {
       const tok = this.#model.tokenizer;
-      if (!tok) throw new KvoffArgumentError('prompt', 'token ids (this model has no tokenizer.json)', prompt);
+      if (!tok) throw new KvoffArgumentError(name, 'token ids (this model has no tokenizer.json)', prompt);
       const ids = tok.encode(prompt);
       if (c.bosTokenId !== null && (ids.length === 0 || ids[0] !== c.bosTokenId)) return Int32Array.from([c.bosTokenId, ...ids]);
       return ids;
@@ -57,7 +76,7 @@ export class Engine {
     const ids = Int32Array.from(prompt as ArrayLike<number>);
     for (let i = 0; i < ids.length; i++) {
       const id = (prompt as ArrayLike<number>)[i];
-      if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new KvoffRangeError(`prompt token ids[${i}]`, id, 0, c.vocabSize - 1);
+      if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new KvoffRangeError(`${name} token ids[${i}]`, id, 0, c.vocabSize - 1);
     }
     return ids;
   }
@@ -67,20 +86,44 @@ export class Engine {
     return HostKvCache.bytesFor(this.#cacheShape(tokens));
   }
 
+  /** One prompt: its tokens as they come, each with the logits it was drawn from. */
   async *generate(prompt: string | ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+    for await (const t of this.#run([prompt], opts, 'prompt')) yield { token: t.token, text: t.text, logits: t.logits };
+  }
+
+  /**
+   * Several prompts decoded together: each step runs the dense graphs over every live sequence at once, and
+   * attention per sequence. Prompts that share a prefix share its host blocks (the prefix is computed once).
+   * All sequences share the device budget. Tokens come step by step, in prompt order within a step.
+   */
+  async *generateBatch(prompts: ReadonlyArray<string | ArrayLike<number>>, opts: GenerateOptions = {}): AsyncGenerator<BatchToken> {
+    if (!Array.isArray(prompts) || prompts.length === 0) throw new KvoffArgumentError('prompts', 'a non-empty array of prompts', prompts);
+    yield* this.#run(prompts, opts, 'prompts');
+  }
+
+  async *#run(prompts: ReadonlyArray<string | ArrayLike<number>>, opts: GenerateOptions, what: string): AsyncGenerator<BatchToken> {
     this.#check();
     this.#model.check();
     const c = this.#model.config;
-    const ids = this.encode(prompt);
-    if (ids.length === 0) throw new KvoffArgumentError('prompt', 'at least one token', 'an empty prompt');
-    if (ids.length > c.maxPositionEmbeddings) throw new KvoffRangeError('prompt length in tokens', ids.length, 1, c.maxPositionEmbeddings);
+    const B = prompts.length;
+    const ids = prompts.map((p, i) => {
+      const name = B === 1 && what === 'prompt' ? 'prompt' : `${what}[${i}]`;
+      const t = this.encode(p, name);
+      if (t.length === 0) throw new KvoffArgumentError(name, 'at least one token', 'an empty prompt');
+      if (t.length > c.maxPositionEmbeddings) throw new KvoffRangeError(`${name} length in tokens`, t.length, 1, c.maxPositionEmbeddings);
+      return t;
+    });
     const maxNew = opts.maxNewTokens ?? 64;
     if (!Number.isSafeInteger(maxNew) || maxNew < 0) throw new KvoffArgumentError('maxNewTokens', 'an integer >= 0', maxNew);
     const sampling = validateSampling(opts);
-    const random = seededRandom(sampling.seed);
-    const total = Math.min(ids.length + maxNew, c.maxPositionEmbeddings);
-    const kv = RunKv.open(POLICY_SPECS[this.options.policy], this.#cacheShape(total), this.options.vramBudget);
-    const cache = kv.cache;
+    const totals = ids.map((t) => Math.min(t.length + maxNew, c.maxPositionEmbeddings));
+    const sharing = planPrefixSharing(ids, this.options.blockSize);
+    const bs = this.options.blockSize;
+    // Each sequence owns the blocks past the full ones it shares (a shared partial block is copied on write).
+    const numBlocks = totals.reduce((n, total, i) => n + Math.ceil(total / bs) - Math.floor(sharing[i].shared / bs), 0);
+    const spec = POLICY_SPECS[this.options.policy];
+    const kv = RunKv.open(spec, this.#cacheShape(numBlocks * bs), c.numHeads / c.numKvHeads, totals, this.options.vramBudget, this.options.knobs);
+    this.#lastKnobs = kv.knobs;
     // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
     // signal; an internal controller, following the caller's, carries them all.
     const inner = new AbortController();
@@ -93,51 +136,76 @@ export class Engine {
     this.#stats.deviceBytesPeak = Math.max(this.#stats.deviceBytesPeak, kv.deviceBytes);
     this.#stats.hostBytes = kv.hostBytes;
     try {
-      const seq = cache.store.createSequence();
-      let logits: Float32Array = new Float32Array(0);
-      const chunk = this.options.prefillChunk;
-      for (let p = 0; p < ids.length; p += chunk) {
-        logits = await forward(ctx, seq, ids.subarray(p, Math.min(p + chunk, ids.length)), p);
-        this.#stats.prefillTokens += Math.min(chunk, ids.length - p);
-        opts.onPrefill?.(Math.min(p + chunk, ids.length), ids.length);
-      }
-      const generated: number[] = [];
-      const speculative = this.options.policy === 'specache';
-      let fedGuess: number | null = null; // the guess fed beside the last real token
-      let nextGuess: number | null = null; // argmax of the last step's second logits row
-      let text = '';
-      // The token sampled at step i takes position pos; it is fed back only if it fits the cache.
-      for (let pos = ids.length; generated.length < maxNew; pos++) {
-        opts.signal?.throwIfAborted();
-        const token = sample(logits, sampling, random);
-        generated.push(token);
-        const full = this.#model.tokenizer?.decode(generated) ?? '';
-        const piece = full.startsWith(text) ? full.slice(text.length) : full;
-        text = full;
-        yield { token, text: piece, logits };
-        const eos = opts.stopAtEos !== false && c.eosTokenIds.includes(token);
-        if (eos || generated.length >= maxNew || pos >= total) break;
-        if (speculative) {
-          if (fedGuess !== null) this.#stats[fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
-          // No guess yet on the first step: repeating the token is as good as any, and a wrong guess costs
-          // only the quality of the next hot set, never a stall.
-          fedGuess = nextGuess ?? token;
-          const both = await forwardSpeculative(ctx, seq, token, fedGuess, pos); // [2, vocab]
-          const V = c.vocabSize;
-          logits = both.subarray(0, V);
-          nextGuess = argmax(both.subarray(V, 2 * V));
-        } else {
-          logits = await forward(ctx, seq, Int32Array.of(token), pos);
+      const live: Live[] = [];
+      for (let i = 0; i < B; i++) {
+        const { from, shared } = sharing[i];
+        const seq = kv.openSeq(i, from >= 0 ? { from: kv.seqs[from], shared } : undefined);
+        let logits: Float32Array = new Float32Array(0);
+        const chunk = this.options.prefillChunk;
+        for (let p = shared; p < ids[i].length; p += chunk) {
+          logits = await forward(ctx, seq, ids[i].subarray(p, Math.min(p + chunk, ids[i].length)), p);
+          this.#stats.prefillTokens += Math.min(chunk, ids[i].length - p);
+          opts.onPrefill?.(Math.min(p + chunk, ids[i].length), ids[i].length);
         }
-        this.#stats.decodeTokens += 1;
+        this.#stats.sharedPrefixTokens += shared;
+        seq.attn?.onPrefillEnd?.(kv.cache, seq.id);
+        live.push({ seq, logits, pos: ids[i].length, total: totals[i], random: seededRandom(sampling.seed + i), generated: [], text: '', fedGuess: null, nextGuess: null });
+      }
+      let active = live;
+      while (active.length > 0) {
+        opts.signal?.throwIfAborted();
+        const next: Live[] = [];
+        for (const s of active) {
+          const token = sample(s.logits, sampling, s.random);
+          s.generated.push(token);
+          const full = this.#model.tokenizer?.decode(s.generated) ?? '';
+          const piece = full.startsWith(s.text) ? full.slice(s.text.length) : full;
+          s.text = full;
+          yield { seq: s.seq.index, token, text: piece, logits: s.logits };
+          const eos = opts.stopAtEos !== false && c.eosTokenIds.includes(token);
+          // The token sampled at step i takes position pos; it is fed back only if it fits the cache.
+          if (!(eos || s.generated.length >= maxNew || s.pos >= s.total)) next.push(s);
+        }
+        active = next;
+        if (active.length === 0) break;
+        opts.signal?.throwIfAborted();
+        const rows: DecodeRow[] = [];
+        for (const s of active) {
+          const token = s.generated[s.generated.length - 1];
+          rows.push({ seq: s.seq, token, pos: s.pos, speculative: false });
+          if (spec.speculative) {
+            if (s.fedGuess !== null) this.#stats[s.fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
+            // No guess yet on the first step: repeating the token is as good as any, and a wrong guess costs
+            // only the quality of the next hot set, never a stall.
+            s.fedGuess = s.nextGuess ?? token;
+            rows.push({ seq: s.seq, token: s.fedGuess, pos: s.pos + 1, speculative: true });
+          }
+        }
+        const logits = await decodeStep(ctx, rows); // [rows, vocab]
+        const V = c.vocabSize;
+        for (let r = 0, a = 0; r < rows.length; r++) {
+          const row = logits.subarray(r * V, (r + 1) * V);
+          if (rows[r].speculative) active[a - 1].nextGuess = argmax(row);
+          else {
+            active[a].logits = row;
+            active[a].pos += 1;
+            a++;
+          }
+        }
+        this.#stats.decodeTokens += active.length;
       }
     } finally {
       opts.signal?.removeEventListener('abort', follow);
-      await kv.split?.settle();
+      await kv.settle();
       kv.dispose();
       this.#stats.deviceBytes = 0;
       this.#stats.hostBytes = 0;
     }
+  }
+
+  /** The knob setting the last run used (the policy's defaults, or what was fitted to the budget). */
+  get lastKnobs(): Knobs | null {
+    return this.#lastKnobs;
   }
 
   async dispose(): Promise<void> {

@@ -1,11 +1,13 @@
-// One forward pass of T new tokens of one sequence: dense graphs on ORT, kvoff's own attention in between.
+// Forward passes: a prefill chunk of one sequence, and one decode step of a batch (dense graphs on ORT over
+// all rows at once, kvoff's own attention per sequence in between).
 import { performance } from 'node:perf_hooks';
 import type { CpuAttentionPool } from '../cpu-attention.js';
 import type { Model } from '../model/model.js';
 import { embedTokens } from '../model/onnx/builder.js';
 import { runFinal, runPostAttention, runPreAttention } from '../model/onnx/session.js';
 import { positionRange, ropeTables } from '../model/rope.js';
-import type { RunKv } from './run-kv.js';
+import type { LayerCall } from './decode-attention.js';
+import type { RunKv, SeqKv } from './run-kv.js';
 import type { EngineStats } from './stats.js';
 
 export interface ForwardContext {
@@ -16,29 +18,40 @@ export interface ForwardContext {
   signal?: AbortSignal;
 }
 
+/** One row of a decode step: a sequence's next token at `pos`; a speculative row's KV is never stored. */
+export interface DecodeRow {
+  seq: SeqKv;
+  token: number;
+  pos: number;
+  speculative: boolean; // must follow the real row of the same sequence
+}
+
 /**
  * Appends `tokens` at positions [start, start + T) of `seq` and returns the logits [vocab] of the last one.
  * Attention of query t covers positions [0, start + t]: causal, exact, over the paged host cache.
  */
-export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Array, start: number): Promise<Float32Array> {
+export async function forward(ctx: ForwardContext, seq: SeqKv, tokens: Int32Array, start: number): Promise<Float32Array> {
   const { model, kv, stats, signal } = ctx;
-  const cache = kv.cache;
   const c = model.config;
   const T = tokens.length;
   const rowQ = c.numHeads * c.headDim;
   let hidden = embedTokens(c, model.embed, tokens); // [T, hidden]
   const { cos, sin } = ropeTables(model.invFreq, positionRange(start, T)); // [T, headDim] each
-  const slots = cache.reserve(seq, T);
+  const slots = kv.cache.reserve(seq.id, T);
   for (let l = 0; l < c.numLayers; l++) {
     signal?.throwIfAborted();
     let t0 = performance.now();
     const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [T, numHeads, headDim]
     stats.deviceMs += performance.now() - t0;
-    cache.write(l, slots, k, v);
-    kv.split?.onWrite(l, start, k, v);
+    kv.cache.write(l, slots, k, v);
+    seq.attn?.onWrite(l, start, k, v);
     const attn = new Float32Array(T * rowQ); // [T, numHeads * headDim]; head h = kvHead * G + g, as in HF's repeat_kv
     const lse = new Float32Array(T * c.numHeads); // [T, numHeads]
-    await attendLayer(ctx, l, seq, start, q, attn, lse);
+    if (T === 1 && seq.attn) await seq.attn.attend(layerCall(ctx, l, seq), q, attn, lse);
+    else {
+      seq.attn?.onPrefillQueries?.(l, start, q);
+      await attendCache(ctx, l, seq, start, q, attn, lse);
+    }
     t0 = performance.now();
     hidden = await runPostAttention(model.runner, c, l, attn, hidden);
     stats.deviceMs += performance.now() - t0;
@@ -50,56 +63,77 @@ export async function forward(ctx: ForwardContext, seq: number, tokens: Int32Arr
 }
 
 /**
- * specache's decode step: the real token at `start` and a speculative guess at `start + 1`. Only the real
- * token's KV is stored; the guess attends, picks each layer's next hot set, and yields a second logits row,
- * whose argmax is the next guess. Returns logits [2, vocab]: row 0 for the real next token.
+ * One decode step of a batch: every row's token at its position. Real rows append their KV; a speculative row
+ * (specache) attends after its sequence's real row, picks that sequence's next hot set, and is forgotten.
+ * Returns logits [rows, vocab].
  */
-export async function forwardSpeculative(ctx: ForwardContext, seq: number, real: number, guess: number, start: number): Promise<Float32Array> {
+export async function decodeStep(ctx: ForwardContext, rows: DecodeRow[]): Promise<Float32Array> {
   const { model, kv, stats, signal } = ctx;
-  const split = kv.split!;
-  const cache = kv.cache;
   const c = model.config;
-  const G = c.numHeads / c.numKvHeads;
-  const scale = 1 / Math.sqrt(c.headDim);
+  const R = rows.length;
   const rowQ = c.numHeads * c.headDim;
   const rowKv = c.numKvHeads * c.headDim;
-  let hidden = embedTokens(c, model.embed, Int32Array.of(real, guess)); // [2, hidden]
-  const { cos, sin } = ropeTables(model.invFreq, positionRange(start, 2));
-  const slots = cache.reserve(seq, 1);
+  let hidden = embedTokens(c, model.embed, Int32Array.from(rows, (r) => r.token)); // [R, hidden]
+  const { cos, sin } = ropeTables(model.invFreq, Int32Array.from(rows, (r) => r.pos)); // [R, headDim] each
+  const slots = rows.map((r) => (r.speculative ? null : kv.cache.reserve(r.seq.id, 1)));
   for (let l = 0; l < c.numLayers; l++) {
     signal?.throwIfAborted();
     let t0 = performance.now();
-    const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [2, numHeads, headDim]; k, v [2, numKvHeads, headDim]
+    const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [R, numHeads, headDim]; k, v [R, numKvHeads, headDim]
     stats.deviceMs += performance.now() - t0;
-    const k0 = k.subarray(0, rowKv);
-    const v0 = v.subarray(0, rowKv);
-    cache.write(l, slots, k0, v0);
-    split.onWrite(l, start, k0, v0);
-    const attn = new Float32Array(2 * rowQ); // [2, numHeads * headDim]
-    const lse = new Float32Array(2 * c.numHeads);
-    await split.attend(l, cache, seq, ctx.pool, G, scale, q.subarray(0, rowQ), attn.subarray(0, rowQ), lse.subarray(0, c.numHeads), stats, signal);
-    split.attendSpeculative(l, cache, seq, G, scale, q.subarray(rowQ), k.subarray(rowKv), v.subarray(rowKv), attn.subarray(rowQ), lse.subarray(c.numHeads), stats);
+    const attn = new Float32Array(R * rowQ); // [R, numHeads * headDim]
+    const lse = new Float32Array(R * c.numHeads); // [R, numHeads]
+    const part = (i: number) => ({
+      q: q.subarray(i * rowQ, (i + 1) * rowQ), k: k.subarray(i * rowKv, (i + 1) * rowKv), v: v.subarray(i * rowKv, (i + 1) * rowKv),
+      out: attn.subarray(i * rowQ, (i + 1) * rowQ), lse: lse.subarray(i * c.numHeads, (i + 1) * c.numHeads),
+    });
+    // Sequences attend concurrently (the CPU workers take every sequence's shards); a speculative row waits for
+    // its real row, whose hot-set update it reads.
+    const chains = new Map<SeqKv, Promise<void>>();
+    for (let i = 0; i < R; i++) {
+      const r = rows[i];
+      const p = part(i);
+      if (!r.speculative) {
+        kv.cache.write(l, slots[i]!, p.k, p.v);
+        r.seq.attn?.onWrite(l, r.pos, p.k, p.v);
+        const run = r.seq.attn ? r.seq.attn.attend(layerCall(ctx, l, r.seq), p.q, p.out, p.lse) : attendCache(ctx, l, r.seq, r.pos, p.q, p.out, p.lse);
+        chains.set(r.seq, run);
+      } else {
+        const before = chains.get(r.seq) ?? Promise.resolve();
+        chains.set(r.seq, before.then(() => r.seq.attn!.attendSpeculative!(layerCall(ctx, l, r.seq), p.q, p.k, p.v, p.out, p.lse)));
+      }
+    }
+    const all = [...chains.values()];
+    for (const p of all) p.catch(() => {}); // every chain is awaited below; the first failure fails the step
+    await Promise.all(all);
     t0 = performance.now();
     hidden = await runPostAttention(model.runner, c, l, attn, hidden);
     stats.deviceMs += performance.now() - t0;
   }
   const t0 = performance.now();
-  const logits = await runFinal(model.runner, c, hidden); // [2, vocab]
+  const logits = await runFinal(model.runner, c, hidden); // [R, vocab]
   stats.deviceMs += performance.now() - t0;
   return logits;
 }
 
-/** Attention of one layer for T queries at [start, start + T): q, out [T, numHeads, headDim]; lse [T, numHeads]. */
-async function attendLayer(ctx: ForwardContext, l: number, seq: number, start: number, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
+function layerCall(ctx: ForwardContext, layer: number, seq: SeqKv): LayerCall {
+  const c = ctx.model.config;
+  return {
+    layer, cache: ctx.kv.cache, seq: seq.id, pool: ctx.pool, groupSize: c.numHeads / c.numKvHeads,
+    scale: 1 / Math.sqrt(c.headDim), stats: ctx.stats, signal: ctx.signal,
+  };
+}
+
+/**
+ * Exact attention over the sequence's whole cache for T queries at [start, start + T): q, out [T, numHeads,
+ * headDim]; lse [T, numHeads]. Runs on the CPU workers (offload-layer: over the staged copy).
+ */
+async function attendCache(ctx: ForwardContext, l: number, seq: SeqKv, start: number, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
   const { model, kv, pool, stats, signal } = ctx;
   const c = model.config;
   const G = c.numHeads / c.numKvHeads;
   const scale = 1 / Math.sqrt(c.headDim);
   const T = q.length / (c.numHeads * c.headDim);
-  if (kv.split && T === 1) {
-    await kv.split.attend(l, kv.cache, seq, pool, G, scale, q, out, lse, stats, signal);
-    return;
-  }
   const t0 = performance.now();
   const { region, blockIds, bytesCopied } = kv.attentionSource(l, seq);
   if (bytesCopied > 0) {

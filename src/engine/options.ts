@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { KvoffArgumentError } from '../errors.js';
 import { parseBytes } from '../units.js';
+import { POLICY_SPECS, type Knobs } from './policies.js';
 
 /** Policies this build runs. DESIGN.md §2 lists the rest. */
 export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact', 'tiered', 'specache'] as const;
@@ -18,7 +19,9 @@ export const EngineOptionsSchema = z
     kvDtype: z.enum(['f16', 'bf16']).default('bf16'),
     prefillChunk: z.number().int().min(1).max(65536).default(256),
   })
-  .strict();
+  .catchall(z.unknown()); // the rest are the policy's knobs, checked against its own schema
+
+const BASE_KEYS = ['policy', 'vramBudget', 'cpuThreads', 'blockSize', 'kvDtype', 'prefillChunk'];
 
 export interface EngineOptions {
   policy?: string;
@@ -27,6 +30,8 @@ export interface EngineOptions {
   blockSize?: number;
   kvDtype?: 'f16' | 'bf16';
   prefillChunk?: number;
+  /** Policy knobs (DESIGN.md §2), e.g. topK, bits, window; each policy lists its own. */
+  [knob: string]: unknown;
 }
 
 export interface ResolvedEngineOptions {
@@ -36,6 +41,7 @@ export interface ResolvedEngineOptions {
   blockSize: number;
   kvDtype: 'f16' | 'bf16';
   prefillChunk: number;
+  knobs: Knobs; // only those given; the rest default, or are fitted to the budget per run
 }
 
 /** Turns the first zod issue into a KvoffArgumentError that lists the valid choices. */
@@ -57,7 +63,19 @@ export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
   const r = EngineOptionsSchema.safeParse(input ?? {});
   if (!r.success) throw zodToKvoff(r.error, 'engine options', input);
   const o = r.data;
+  const spec = POLICY_SPECS[o.policy];
+  const given = Object.fromEntries(Object.entries(input ?? {}).filter(([key]) => !BASE_KEYS.includes(key)));
+  const k = spec.knobs.safeParse(given);
+  if (!k.success) {
+    const issue = k.error.issues[0];
+    if (issue.code === 'unrecognized_keys') {
+      const names = Object.keys(spec.knobs.shape);
+      throw new KvoffArgumentError('engine options', `only ${BASE_KEYS.join(', ')}${names.length ? ` and the ${o.policy} knobs ${names.join(', ')}` : ` (policy ${o.policy} takes no knobs)`}`, `unknown ${(issue as { keys: string[] }).keys.join(', ')}`);
+    }
+    throw zodToKvoff(k.error, 'engine options', given);
+  }
   return {
+    knobs: k.data as Knobs,
     policy: o.policy,
     vramBudget: o.vramBudget === undefined ? Infinity : parseBytes(o.vramBudget, 'vramBudget'),
     cpuThreads: o.cpuThreads,

@@ -1,9 +1,24 @@
-// The lossless policies as data: where the full-precision KV lives and what the device tier must hold.
+// The policies as data: where the full-precision KV lives, the knobs each takes (zod), the knob settings to try
+// under a byte budget, and the per-sequence device-tier state each opens.
+import { z } from 'zod';
+import type { HostDeviceTier } from '../device/device-tier.js';
 import type { TierPart } from '../device/tier-allocator.js';
-import type { SplitKnobs } from './split-attention.js';
-import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
-import { EXACT_DEFAULTS, SPECACHE_DEFAULTS, TIERED_DEFAULTS, splitDeviceParts } from './split-attention.js';
+import type { KvDtype } from '../native.js';
+import type { DecodeAttention } from './decode-attention.js';
 import type { PolicyName } from './options.js';
+import { EXACT_DEFAULTS, SPECACHE_DEFAULTS, SplitAttention, TIERED_DEFAULTS, splitDeviceParts, type SplitKnobs } from './split-attention.js';
+
+/** One sequence's share of the run: what its device-tier state is sized for. */
+export interface SeqShape {
+  numLayers: number;
+  numKvHeads: number;
+  groupSize: number; // query heads per KV head
+  headDim: number;
+  dtype: KvDtype;
+  capacityTokens: number; // the most tokens the sequence will hold
+}
+
+export type Knobs = Record<string, number>;
 
 export interface PolicySpec {
   name: PolicyName;
@@ -11,29 +26,91 @@ export interface PolicySpec {
   kvHome: 'device' | 'host';
   /** Copies the whole layer's KV into a device staging buffer before attending (HF OffloadedCache). */
   stagesLayer: boolean;
-  /** Decode attention is split across tiers by low-bit score and merged by LSE (exact, tiered). */
-  split: SplitKnobs | null;
-  /** The device-tier working set for a run whose cache has `shape`. */
-  deviceParts(shape: HostKvShape): TierPart[];
+  /** Feeds a speculative second token each decode step (SpeCache). */
+  speculative: boolean;
+  /** The knobs the policy takes, validated strictly (unknown names are refused with this list). */
+  knobs: z.ZodObject<z.ZodRawShape>;
+  /** Knob settings to try, best first, under a byte budget; the knobs the user gave stay fixed. */
+  candidates(given: Knobs): Knobs[];
+  /** Device-tier parts of one sequence under `knobs`. */
+  seqParts(s: SeqShape, knobs: Knobs): TierPart[];
+  /** The sequence's decode attention, its device state allocated from `tier`; null: attention reads the cache. */
+  openSeq(tier: HostDeviceTier, s: SeqShape, knobs: Knobs): DecodeAttention | null;
 }
 
-const layerBytes = (s: HostKvShape): number => HostKvCache.bytesFor({ ...s, numLayers: 1 });
+const noKnobs = z.object({}).strict();
 
-const base = { kvHome: 'host', stagesLayer: false, split: null } as const;
+const plain = {
+  kvHome: 'host', stagesLayer: false, speculative: false, knobs: noKnobs,
+  candidates: () => [{}], seqParts: () => [], openSeq: () => null,
+} as const;
 
-export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
-  dense: { ...base, name: 'dense', kvHome: 'device', deviceParts: (s) => [{ tag: 'kv', bytes: HostKvCache.bytesFor(s) }] },
-  // FastDecode / llama.cpp -nkvo: attention runs where the KV is, on the CPU workers; the device holds no KV.
-  cpu: { ...base, name: 'cpu', deviceParts: () => [] },
-  'offload-layer': { ...base, name: 'offload-layer', stagesLayer: true, deviceParts: (s) => [{ tag: 'staging', bytes: layerBytes(s) }] },
-  // He & Zhai + SpeCache's hot set: low-bit keys pick the hot tokens; the device attends them, the CPU the rest.
-  exact: { ...base, name: 'exact', split: EXACT_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), EXACT_DEFAULTS) },
-  // Ours: full precision for the hottest k1 (device), exact CPU attention for the next k2, a low-bit tail for the rest.
-  tiered: { ...base, name: 'tiered', split: TIERED_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), TIERED_DEFAULTS) },
-  // SpeCache: full-precision hot top-k plus a low-bit tail on the device; a speculative token picks the next hot set.
-  specache: { ...base, name: 'specache', split: SPECACHE_DEFAULTS, deviceParts: (s) => splitDeviceParts(splitShape(s), SPECACHE_DEFAULTS) },
+const splitKnobs = {
+  topK: z.number().int().min(0).max(1 << 20),
+  sinks: z.number().int().min(0).max(1 << 16),
+  window: z.number().int().min(1).max(1 << 20),
+  bits: z.literal([1, 2, 4]),
+  keyGroupSize: z.literal([32, 64]),
 };
 
-export function splitShape(s: HostKvShape) {
-  return { numLayers: s.numLayers, numKvHeads: s.numKvHeads, headDim: s.headDim, dtype: s.dtype, capacityTokens: s.numBlocks * s.blockSize };
+/** Halvings of k down to 8 (or k itself when smaller): the hot-set sizes to try. */
+function halvings(k: number): number[] {
+  const out = [k];
+  while (out[out.length - 1] > 8) out.push(Math.max(8, out[out.length - 1] >> 1));
+  return out;
 }
+
+/**
+ * Under a budget, a split policy first gives up precision of the low-bit copy (it is the bulk at long context),
+ * then coarser key groups (less metadata), then hot-set size.
+ */
+function splitCandidates(defaults: SplitKnobs, given: Knobs): Knobs[] {
+  const bitsList = given.bits !== undefined ? [given.bits] : [4, 2, 1].filter((b) => b <= defaults.bits);
+  const groups = given.keyGroupSize !== undefined ? [given.keyGroupSize] : [32, 64];
+  const topKs = given.topK !== undefined ? [given.topK] : halvings(defaults.topK);
+  const out: Knobs[] = [];
+  for (const bits of bitsList) {
+    for (const keyGroupSize of groups) {
+      for (const topK of topKs) {
+        // The always-hot window covers the keys not yet quantized: at least one key group.
+        const window = given.window ?? Math.max(defaults.window, keyGroupSize);
+        out.push({ ...strip(defaults), ...given, bits, keyGroupSize, topK, window });
+      }
+    }
+  }
+  return out;
+}
+
+function strip(k: SplitKnobs): Knobs {
+  const { mode: _, ...rest } = k;
+  return rest;
+}
+
+function splitPolicy(name: 'exact' | 'tiered' | 'specache', defaults: SplitKnobs): PolicySpec {
+  const shape = name === 'tiered' ? { ...splitKnobs, cpuK: z.number().int().min(0).max(1 << 24) } : splitKnobs;
+  const full = (k: Knobs): SplitKnobs => ({ ...defaults, ...k, mode: defaults.mode }) as SplitKnobs;
+  return {
+    name, kvHome: 'host', stagesLayer: false, speculative: name === 'specache',
+    knobs: z.object(shape).partial().strict(),
+    candidates: (given) => splitCandidates(defaults, given),
+    seqParts: (s, k) => splitDeviceParts(s, full(k)),
+    openSeq: (tier, s, k) => new SplitAttention(tier, s, full(k)),
+  };
+}
+
+export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
+  dense: { ...plain, name: 'dense', kvHome: 'device' },
+  // FastDecode / llama.cpp -nkvo: attention runs where the KV is, on the CPU workers; the device holds no KV.
+  cpu: { ...plain, name: 'cpu' },
+  // HF OffloadedCache: each sequence's layer is staged whole in the device tier before it is attended.
+  'offload-layer': {
+    ...plain, name: 'offload-layer', stagesLayer: true,
+    seqParts: (s) => [{ tag: 'staging', bytes: s.numKvHeads * s.capacityTokens * 2 * s.headDim * 2 }],
+  },
+  // He & Zhai + SpeCache's hot set: low-bit keys pick the hot tokens; the device attends them, the CPU the rest.
+  exact: splitPolicy('exact', EXACT_DEFAULTS),
+  // Ours: full precision for the hottest k1 (device), exact CPU attention for the next k2, a low-bit tail for the rest.
+  tiered: splitPolicy('tiered', TIERED_DEFAULTS),
+  // SpeCache: full-precision hot top-k plus a low-bit tail on the device; a speculative token picks the next hot set.
+  specache: splitPolicy('specache', SPECACHE_DEFAULTS),
+};

@@ -7,12 +7,11 @@
 //           previous step's speculative token chose, so its misses can be fetched ahead (SpeCache).
 // The parts are disjoint and cover every token.
 import { performance } from 'node:perf_hooks';
-import type { CpuAttentionPool } from '../cpu-attention.js';
 import type { HostDeviceTier } from '../device/device-tier.js';
 import { LowBitTier } from '../device/low-bit-tier.js';
-import type { HostKvCache } from '../kv/host-cache.js';
 import { KvoffArgumentError } from '../errors.js';
 import { native } from '../native.js';
+import type { DecodeAttention, LayerCall } from './decode-attention.js';
 import { HotSet } from './hot-set.js';
 import type { EngineStats } from './stats.js';
 
@@ -53,7 +52,7 @@ export function splitDeviceParts(s: Shape, k: SplitKnobs, alignment?: number) {
   return [{ tag: 'low-bit', bytes: lowBit }, { tag: 'hot', bytes: hot }];
 }
 
-export class SplitAttention {
+export class SplitAttention implements DecodeAttention {
   readonly #k: SplitKnobs;
   readonly #lowBit: LowBitTier;
   readonly #hot: HotSet;
@@ -95,10 +94,8 @@ export class SplitAttention {
   }
 
   /** Decode attention of one token: q, out [numKvHeads, G, headDim]; lse [numKvHeads, G]. */
-  async attend(
-    layer: number, cache: HostKvCache, seq: number, pool: CpuAttentionPool, G: number, scale: number,
-    q: Float32Array, out: Float32Array, lse: Float32Array, stats: EngineStats, signal?: AbortSignal,
-  ): Promise<void> {
+  async attend(call: LayerCall, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
+    const { layer, cache, seq, pool, groupSize: G, scale, stats, signal } = call;
     const { numKvHeads: H, headDim: D } = this.#shape;
     const n = cache.store.numTokens(seq);
     const src = { region: cache.region(layer), blockIds: cache.store.blockIds(seq) };
@@ -151,10 +148,8 @@ export class SplitAttention {
    * itself (its KV is never stored), then picks the hot set of the next step from its query.
    * q, out [numKvHeads, G, headDim]; k, v [numKvHeads, headDim]; lse [numKvHeads, G].
    */
-  attendSpeculative(
-    layer: number, cache: HostKvCache, seq: number, G: number, scale: number,
-    q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array, stats: EngineStats,
-  ): void {
+  attendSpeculative(call: LayerCall, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array): void {
+    const { layer, cache, seq, groupSize: G, scale, stats } = call;
     const { numKvHeads: H, headDim: D } = this.#shape;
     const n = cache.store.numTokens(seq);
     const d0 = performance.now();

@@ -1,7 +1,8 @@
 // Engine counters (DESIGN.md §6): counts and totals, never rates.
 
 export interface EngineStats {
-  prefillTokens: number;
+  prefillTokens: number; // computed; a batch's shared prompt prefix is counted once
+  sharedPrefixTokens: number; // prompt tokens a sequence took from another's blocks instead of computing
   decodeTokens: number;
   bytesH2D: number;
   bytesD2H: number;
@@ -21,7 +22,7 @@ export interface EngineStats {
 
 export function emptyStats(weightBytes: number): EngineStats {
   return {
-    prefillTokens: 0, decodeTokens: 0, bytesH2D: 0, bytesD2H: 0, hotHits: 0, hotMisses: 0, specUsed: 0, specWasted: 0,
+    prefillTokens: 0, sharedPrefixTokens: 0, decodeTokens: 0, bytesH2D: 0, bytesD2H: 0, hotHits: 0, hotMisses: 0, specUsed: 0, specWasted: 0,
     cpuAttnMs: 0, deviceMs: 0, copyMs: 0, overlapRatio: 0, deviceBytes: 0, deviceBytesPeak: 0, hostBytes: 0, weightBytes,
   };
 }

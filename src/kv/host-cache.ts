@@ -3,6 +3,7 @@
 import { HostArena } from '../arena.js';
 import { KvoffArgumentError } from '../errors.js';
 import { native, type ArenaRef, type KvDtype, type KvRegion } from '../native.js';
+import { fromHalf } from '../kernels/half.js';
 import { SequenceStore } from './sequence-store.js';
 
 export interface HostKvShape {
@@ -88,6 +89,33 @@ export class HostKvCache {
   /** Writes K and V rows, [slots.length, numKvHeads, headDim] each, into one layer. */
   write(layer: number, slots: Int32Array, k: Float32Array, v: Float32Array): void {
     native().kvAppend({ ...this.region(layer), slots, k, v });
+  }
+
+  /**
+   * Reads back K and V of positions [start, start + n) of a sequence in one layer, as float32
+   * [n, numKvHeads, headDim] each: what a policy needs to rebuild its device state from a shared prefix.
+   */
+  readTokens(layer: number, seqId: number, start: number, n: number): { k: Float32Array; v: Float32Array } {
+    const { numKvHeads: H, headDim: D, blockSize: bs, dtype } = this.shape;
+    const ids = this.store.blockIds(seqId);
+    const k = new Float32Array(n * H * D);
+    const v = new Float32Array(n * H * D);
+    const base = this.baseOffset + layer * this.layerBytes;
+    for (let b = Math.floor(start / bs); b * bs < start + n; b++) {
+      const raw = native().arenaRead({ handle: this.handle, offset: base + ids[b] * this.blockBytes, bytes: this.blockBytes });
+      const block = new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2); // [H, bs, 2, D]
+      for (let o = Math.max(0, start - b * bs); o < bs && b * bs + o < start + n; o++) {
+        const t = b * bs + o - start;
+        for (let h = 0; h < H; h++) {
+          const row = (h * bs + o) * 2 * D;
+          for (let c = 0; c < D; c++) {
+            k[(t * H + h) * D + c] = fromHalf(block[row + c], dtype);
+            v[(t * H + h) * D + c] = fromHalf(block[row + D + c], dtype);
+          }
+        }
+      }
+    }
+    return { k, v };
   }
 
   /** Frees the block tables, and the arena when the cache owns it (a placed cache's memory belongs to its owner). */
