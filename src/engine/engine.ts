@@ -121,8 +121,8 @@ export class Engine {
     const bs = this.options.blockSize;
     // Each sequence owns the blocks past the full ones it shares (a shared partial block is copied on write).
     const numBlocks = totals.reduce((n, total, i) => n + Math.ceil(total / bs) - Math.floor(sharing[i].shared / bs), 0);
-    const spec = POLICY_SPECS[this.options.policy];
-    const kv = RunKv.open(spec, this.#cacheShape(numBlocks * bs), c.numHeads / c.numKvHeads, totals, this.options.vramBudget, this.options.knobs);
+    const spec = POLICY_SPECS[this.options.policy]!;
+    const kv = RunKv.open(spec, this.#cacheShape(numBlocks * bs), c.numHeads / c.numKvHeads, totals, this.options.vramBudget, this.options.knobs, { model: this.#model });
     this.#lastKnobs = kv.knobs;
     // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
     // signal; an internal controller, following the caller's, carries them all.

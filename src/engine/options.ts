@@ -4,15 +4,20 @@ import { KvoffArgumentError } from '../errors.js';
 import { parseBytes } from '../units.js';
 import { POLICY_SPECS, type Knobs } from './policies.js';
 
-/** Policies this build runs. DESIGN.md §2 lists the rest. */
-export const POLICIES = ['dense', 'cpu', 'offload-layer', 'exact', 'tiered', 'specache'] as const;
-export type PolicyName = (typeof POLICIES)[number];
+/** Every policy of DESIGN.md §2. */
+export const ALL_POLICIES = [
+  'dense', 'cpu', 'offload-layer', 'exact', 'tiered', 'specache', 'kivi', 'quest', 'infinigen', 'sparq',
+  'streaming', 'h2o', 'tova', 'snapkv', 'pyramid', 'kvmerger', 'fastgen',
+] as const;
+export type PolicyName = (typeof ALL_POLICIES)[number];
+/** The policies this build runs (each has a spec in src/engine/policies.ts or src/policies/). */
+export const POLICIES: readonly PolicyName[] = ALL_POLICIES.filter((p) => POLICY_SPECS[p] !== undefined);
 
 const byteSize = z.union([z.string(), z.number()]);
 
 export const EngineOptionsSchema = z
   .object({
-    policy: z.enum(POLICIES).default('dense'),
+    policy: z.enum(POLICIES as [PolicyName, ...PolicyName[]]).default('dense'),
     vramBudget: byteSize.optional(),
     cpuThreads: z.number().int().min(1).max(1024).optional(),
     blockSize: z.number().int().min(1).max(1024).default(16),
@@ -63,7 +68,7 @@ export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
   const r = EngineOptionsSchema.safeParse(input ?? {});
   if (!r.success) throw zodToKvoff(r.error, 'engine options', input);
   const o = r.data;
-  const spec = POLICY_SPECS[o.policy];
+  const spec = POLICY_SPECS[o.policy]!;
   const given = Object.fromEntries(Object.entries(input ?? {}).filter(([key]) => !BASE_KEYS.includes(key)));
   const k = spec.knobs.safeParse(given);
   if (!k.success) {

@@ -5,6 +5,8 @@ import type { HostDeviceTier } from '../device/device-tier.js';
 import type { TierPart } from '../device/tier-allocator.js';
 import type { KvDtype } from '../native.js';
 import type { DecodeAttention } from './decode-attention.js';
+import type { Model } from '../model/model.js';
+import { BASELINE_POLICIES } from '../policies/registry.js';
 import type { PolicyName } from './options.js';
 import { EXACT_DEFAULTS, SPECACHE_DEFAULTS, SplitAttention, TIERED_DEFAULTS, splitDeviceParts, type SplitKnobs } from './split-attention.js';
 
@@ -20,6 +22,11 @@ export interface SeqShape {
 
 export type Knobs = Record<string, number>;
 
+/** What a policy may read besides the KV: the model (its config, tokenizer, weights). */
+export interface PolicyEnv {
+  model: Model;
+}
+
 export interface PolicySpec {
   name: PolicyName;
   /** Home of the full-precision cache: the device tier (dense) or pinned host memory (everything else). */
@@ -32,10 +39,15 @@ export interface PolicySpec {
   knobs: z.ZodObject<z.ZodRawShape>;
   /** Knob settings to try, best first, under a byte budget; the knobs the user gave stay fixed. */
   candidates(given: Knobs): Knobs[];
+  /**
+   * Optional: sizes the knobs straight from one sequence's share of the budget (`bytes`; Infinity when
+   * uncapped), e.g. an eviction policy's kept tokens. Its result is tried before `candidates`.
+   */
+  fit?(s: SeqShape, bytes: number, given: Knobs): Knobs | null;
   /** Device-tier parts of one sequence under `knobs`. */
   seqParts(s: SeqShape, knobs: Knobs): TierPart[];
   /** The sequence's decode attention, its device state allocated from `tier`; null: attention reads the cache. */
-  openSeq(tier: HostDeviceTier, s: SeqShape, knobs: Knobs): DecodeAttention | null;
+  openSeq(tier: HostDeviceTier, s: SeqShape, knobs: Knobs, env: PolicyEnv): DecodeAttention | null;
 }
 
 const noKnobs = z.object({}).strict();
@@ -98,7 +110,7 @@ function splitPolicy(name: 'exact' | 'tiered' | 'specache', defaults: SplitKnobs
   };
 }
 
-export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
+const ENGINE_POLICIES: Partial<Record<PolicyName, PolicySpec>> = {
   dense: { ...plain, name: 'dense', kvHome: 'device' },
   // FastDecode / llama.cpp -nkvo: attention runs where the KV is, on the CPU workers; the device holds no KV.
   cpu: { ...plain, name: 'cpu' },
@@ -113,4 +125,10 @@ export const POLICY_SPECS: Record<PolicyName, PolicySpec> = {
   tiered: splitPolicy('tiered', TIERED_DEFAULTS),
   // SpeCache: full-precision hot top-k plus a low-bit tail on the device; a speculative token picks the next hot set.
   specache: splitPolicy('specache', SPECACHE_DEFAULTS),
+};
+
+/** Every policy this build runs: the engine's own (above) and the baselines of src/policies/, one file each. */
+export const POLICY_SPECS: Partial<Record<PolicyName, PolicySpec>> = {
+  ...ENGINE_POLICIES,
+  ...Object.fromEntries(BASELINE_POLICIES.map((p) => [p.name, p])),
 };

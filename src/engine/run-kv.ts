@@ -8,7 +8,7 @@ import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import { native, type KvRegion } from '../native.js';
 import { formatBytes } from '../units.js';
 import type { DecodeAttention } from './decode-attention.js';
-import type { Knobs, PolicySpec, SeqShape } from './policies.js';
+import type { Knobs, PolicyEnv, PolicySpec, SeqShape } from './policies.js';
 
 /** One sequence of the run: its id in the cache's store, and its device state. */
 export interface SeqKv {
@@ -35,14 +35,17 @@ export class RunKv {
    * Plans the device tier under `budget` bytes (Infinity: uncapped) for a cache of `shape` shared by
    * sequences of `capacities` tokens each, and opens every sequence's device state.
    */
-  static open(policy: PolicySpec, shape: HostKvShape, groupSize: number, capacities: number[], budget: number, given: Knobs): RunKv {
+  static open(policy: PolicySpec, shape: HostKvShape, groupSize: number, capacities: number[], budget: number, given: Knobs, env: PolicyEnv): RunKv {
     const seqShape = (capacityTokens: number): SeqShape => ({ ...shape, groupSize, capacityTokens });
     const shared: TierPart[] = policy.kvHome === 'device' ? [{ tag: 'kv', bytes: HostKvCache.bytesFor(shape) }] : [];
     const partsFor = (k: Knobs) => [...shared, ...capacities.flatMap((c) => policy.seqParts(seqShape(c), k))];
     const cap = Number.isFinite(budget) ? Math.max(budget, 1) : Number.MAX_SAFE_INTEGER;
     let smallest: { needed: number; parts: TierPart[] } | null = null;
     let chosen: { knobs: Knobs; needed: number } | null = null;
-    for (const knobs of policy.candidates(given)) {
+    const sharedBytes = shared.reduce((n, p) => n + p.bytes, 0);
+    const perSeq = Number.isFinite(budget) ? Math.floor((budget - sharedBytes) / capacities.length) : Infinity;
+    const fitted = policy.fit?.(seqShape(Math.max(...capacities)), perSeq, given);
+    for (const knobs of [...(fitted ? [fitted] : []), ...policy.candidates(given)]) {
       const parts = partsFor(knobs);
       const plan = planTier(parts, cap);
       if (plan.ok) {
@@ -69,7 +72,7 @@ export class RunKv {
       for (let i = 0; i < capacities.length; i++) {
         const s = seqShape(capacities[i]);
         const staging = policy.stagesLayer ? tier!.allocate(s.numKvHeads * s.capacityTokens * 2 * s.headDim * 2, 'staging') : null;
-        seqs.push({ index: i, id: -1, attn: tier ? policy.openSeq(tier, s, chosen.knobs) : null, staging });
+        seqs.push({ index: i, id: -1, attn: tier ? policy.openSeq(tier, s, chosen.knobs, env) : null, staging });
       }
       cache = new HostKvCache(shape, kv ? { at: kv.ref } : { pin: true });
       return new RunKv(cache, tier, seqs, chosen.knobs);
