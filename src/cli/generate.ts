@@ -6,6 +6,7 @@ import type { EngineOptions } from '../engine/options.js';
 import { KvoffArgumentError } from '../errors.js';
 import { loadModel, type BackendName } from '../model/model.js';
 import { readConfigFile } from './config-file.js';
+import { batchPrompts, runBatch } from './generate-batch.js';
 import { createProgress } from './progress.js';
 
 export interface GenerateFlags {
@@ -25,6 +26,19 @@ export interface GenerateFlags {
   topP: number;
   seed: number;
   cpuThreads?: number;
+  batch?: number;
+  knobs?: string;
+}
+
+/** --knobs topK=32,bits=2: policy knobs as numbers (the policy's zod schema checks names and ranges). */
+export function parseKnobs(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = /^([A-Za-z][A-Za-z0-9]*)=(-?\d+(?:\.\d+)?(?:e-?\d+)?)$/.exec(part);
+    if (!m) throw new KvoffArgumentError('--knobs', 'comma-separated name=number pairs like topK=32,bits=2', text);
+    out[m[1]] = Number(m[2]);
+  }
+  return out;
 }
 
 export function parseTokenList(text: string): number[] {
@@ -78,6 +92,8 @@ export async function runGenerate(f: GenerateFlags): Promise<void> {
   if (f.policy !== undefined) engineOpts.policy = f.policy;
   if (f.vramBudget !== undefined) engineOpts.vramBudget = f.vramBudget;
   if (f.cpuThreads !== undefined) engineOpts.cpuThreads = f.cpuThreads;
+  if (f.knobs !== undefined) Object.assign(engineOpts, parseKnobs(f.knobs));
+  if (f.batch !== undefined && f.promptFile === undefined) throw new KvoffArgumentError('--batch', 'a --prompt-file to read the prompts from', 'no --prompt-file');
   const progress = createProgress(!f.json);
   const model = await loadModel(f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
   progress.stop();
@@ -87,6 +103,16 @@ export async function runGenerate(f: GenerateFlags): Promise<void> {
   } catch (err) {
     await model.dispose();
     throw err;
+  }
+  if (f.batch !== undefined) {
+    try {
+      await runBatch(engine, model, batchPrompts(f.promptFile!, prompt as string, f.batch), f, progress);
+    } finally {
+      progress.stop();
+      await engine.dispose();
+      await model.dispose();
+    }
+    return;
   }
   const sink = await logitsSink(f.logitsOut);
   const tokens: number[] = [];

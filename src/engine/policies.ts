@@ -103,7 +103,11 @@ function splitPolicy(name: 'exact' | 'tiered' | 'specache', defaults: SplitKnobs
   const full = (k: Knobs): SplitKnobs => ({ ...defaults, ...k, mode: defaults.mode }) as SplitKnobs;
   return {
     name, kvHome: 'host', stagesLayer: false, speculative: name === 'specache',
-    knobs: z.object(shape).partial().strict(),
+    knobs: z.object(shape).partial().strict().superRefine((k, ctx) => {
+      // The always-hot window covers the keys not yet quantized: at least one key group.
+      const group = k.keyGroupSize ?? defaults.keyGroupSize;
+      if (k.window !== undefined && k.window < group) ctx.addIssue({ code: 'custom', path: ['window'], message: `at least keyGroupSize (${group})` });
+    }),
     candidates: (given) => splitCandidates(defaults, given),
     seqParts: (s, k) => splitDeviceParts(s, full(k)),
     openSeq: (tier, s, k) => new SplitAttention(tier, s, full(k)),
