@@ -36,13 +36,17 @@
         "native/src/kivi_ops.cc",
         "native/src/kivi_attend.cc",
         "native/src/merge_topk_ops.cc",
+        "native/src/kv_scores.cc",
+        "native/src/host_memcpy.cc",
+        "native/src/cuda_ops.cc",
+        "native/src/retrieval_ops.cc",
         "native/src/simd/kernels_scalar.cc",
         "native/src/simd/dispatch.cc"
       ],
       "conditions": [
         ["nvcc!=''", {
           "defines": ["KVOFF_WITH_CUDA=1"],
-          "sources": ["native/src/cuda/cuda_probe.cu"],
+          "sources": ["native/src/cuda/cuda_probe.cu", "native/src/cuda/cuda_measure.cu"],
           "include_dirs": ["<(cuda_home)/include"],
           "libraries": ["-L<(cuda_home)/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
           "rules": [{

@@ -43,6 +43,38 @@ export interface KvAttendOptions extends KvRegion {
   exclude?: Int32Array; // sorted positions in [0, numTokens) left out (attended elsewhere)
 }
 
+/** Raw scaled scores of query rows against one KV head's keys over a block list (eviction policies rank by them). */
+export interface KvScoresOptions extends KvRegion {
+  blockIds: Int32Array; // [>= ceil(numTokens / blockSize)] physical ids in logical order
+  numTokens: number;
+  kvHead: number;
+  rows: number; // query rows, e.g. the G query heads of a GQA group, or window * G
+  q: Float32Array | ArenaRef; // [rows, headDim]
+  scale: number;
+  out: Float32Array | ArenaRef; // [rows, numTokens] scale * q . k
+}
+
+/** SparQ's approximate scores: q . k of query rows over only the chosen channels of one KV head's keys (unscaled). */
+export interface KvColumnScoresOptions extends KvRegion {
+  blockIds: Int32Array; // [>= ceil(numTokens / blockSize)] physical ids in logical order
+  numTokens: number;
+  kvHead: number;
+  rows: number; // query rows, e.g. the G query heads of a GQA group
+  q: Float32Array | ArenaRef; // [rows, headDim]; only the chosen channels are read
+  columns: Int32Array; // [r] distinct channels in [0, headDim)
+  out: Float32Array | ArenaRef; // [rows, numTokens]
+}
+
+/** Quest's per-page upper bound of q . k from per-channel key ranges, max over the query heads of a group. */
+export interface PageBoundsOptions {
+  queryHeads: number;
+  headDim: number;
+  numPages: number;
+  q: Float32Array | ArenaRef; // [queryHeads, headDim]
+  meta: Float32Array | ArenaRef; // [numPages, 2 (min, max), headDim]
+  out: Float32Array | ArenaRef; // [numPages] max_g sum_i max(q_gi * min_i, q_gi * max_i)
+}
+
 /** Gather of (token, head) units of a paged region into a compact buffer: the hot-set fetch. */
 export interface KvGatherOptions extends KvRegion {
   blockIds: Int32Array; // the sequence's block table (logical -> physical)
@@ -147,6 +179,35 @@ export interface BuildInfo {
   cuda: { built: boolean; deviceCount: number; driverVersion: number; runtimeVersion: number; deviceName: string; reason: string };
 }
 
+/** Free and total bytes of one GPU; ok false (with reason) without a usable GPU or without CUDA in the build. */
+export interface CudaMemInfo {
+  ok: boolean;
+  device: number;
+  freeBytes: number;
+  totalBytes: number;
+  reason: string; // '' when ok
+}
+
+/** Bulk pinned-memory copy speed of one GPU's link, best of `iterations` each way; ok false (with reason) when it could not be measured. */
+export interface CudaBandwidthResult {
+  ok: boolean;
+  device: number;
+  bytes: number;
+  iterations: number;
+  h2dGbPerS: number; // bytes copied per second / 1e9; 0 when not ok
+  d2hGbPerS: number;
+  reason: string; // '' when ok
+}
+
+/** Aggregate memcpy speed of `threads` native threads copying private slices together, best of `iterations`. */
+export interface HostMemcpyResult {
+  bytes: number; // copied per iteration, all threads together
+  threads: number;
+  iterations: number;
+  bestMs: number;
+  gbPerS: number; // bytes copied per second / 1e9 (each byte is read once and written once)
+}
+
 export interface NativeAddon {
   arenaCreate(o: { bytes: number; pin?: boolean }): ArenaCreateResult;
   arenaFree(o: { handle: number }): void;
@@ -156,6 +217,9 @@ export interface NativeAddon {
   arenaTotals(): { count: number; bytes: number };
   kvAppend(o: KvAppendOptions): void;
   kvAttend(o: KvAttendOptions): void;
+  kvScores(o: KvScoresOptions): void;
+  kvColumnScores(o: KvColumnScoresOptions): void;
+  pageBounds(o: PageBoundsOptions): void;
   /** Returns the number of memcpy runs it made. */
   kvGather(o: KvGatherOptions): number;
   /** The same copy on the libuv thread pool, overlapping with compute; resolves with the run count. */
@@ -170,6 +234,10 @@ export interface NativeAddon {
   topK(o: TopKOptions): void;
   buildInfo(): BuildInfo;
   setSimd(o: { level: SimdLevel | 'auto' }): SimdLevel;
+  cudaMemInfo(o?: { device?: number }): CudaMemInfo;
+  /** Pinned (cudaHostAlloc) H2D and D2H cudaMemcpyAsync timed with events; resolves ok=false with a reason rather than rejecting. */
+  cudaBandwidth(o: { bytes: number; iterations?: number; device?: number }): Promise<CudaBandwidthResult>;
+  hostMemcpyBandwidth(o: { bytes: number; threads: number; iterations?: number }): Promise<HostMemcpyResult>;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -212,11 +280,14 @@ function wrap(raw: NativeAddon): NativeAddon {
   for (const [name, fn] of Object.entries(raw)) {
     if (typeof fn !== 'function') continue;
     out[name] = (...args: unknown[]) => {
+      let result: unknown;
       try {
-        return (fn as (...a: unknown[]) => unknown)(...args);
+        result = (fn as (...a: unknown[]) => unknown)(...args);
       } catch (err) {
         throw fromNativeError(err);
       }
+      // Async entry points reject from a worker thread: give those errors the same typed classes.
+      return result instanceof Promise ? result.catch((err: unknown) => Promise.reject(fromNativeError(err))) : result;
     };
   }
   return out as unknown as NativeAddon;

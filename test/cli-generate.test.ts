@@ -77,6 +77,41 @@ describe('kvoff generate', () => {
     expect(r.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
   });
 
+  it('--batch decodes the prompts of a .jsonl file together (the demo model), sharing their common prefix', async () => {
+    const file = join(tmp, 'prompts.jsonl');
+    const stem = 'The grass is green. The sky is blue. '.repeat(4);
+    writeFileSync(file, [JSON.stringify(`${stem}Say a number:`), JSON.stringify({ prompt: `${stem}Say a word:` })].join('\n'));
+    const r = await kvoff(['generate', '--prompt-file', file, '--batch', '3', '--max-new-tokens', '3', '--json', '--policy', 'exact', '--knobs', 'topK=8', '--backend', 'cpu']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.sequences).toHaveLength(3);
+    for (const s of j.sequences) expect(s.tokens).toHaveLength(3);
+    expect(j.sequences[2]).toEqual(j.sequences[0]); // the prompts are taken in turn: 0, 1, 0
+    expect(j.stats.sharedPrefixTokens).toBeGreaterThan(2 * 140); // prompts 1 and 2 reuse prompt 0's blocks
+    const text = await kvoff(['generate', '--prompt-file', file, '--batch', '2', '--max-new-tokens', '2', '--backend', 'cpu']);
+    expect(text.stdout).toMatch(/^\[0\] .*\n\[1\] /s);
+  }, 60_000);
+
+  it.each([
+    [['--prompt-tokens', '1', '--batch', '2'], /Expected a --prompt-file to read the prompts from for --batch/],
+    [['--prompt-tokens', '1', '--batch', '0'], /Expected a positive integer for --batch but received "0"/],
+    [['--prompt-tokens', '1', '--knobs', 'topK'], /Expected comma-separated name=number pairs/],
+    [['--prompt-tokens', '1', '--knobs', 'topK=8'], /policy dense takes no knobs/],
+  ])('batch and knob flags fail clearly for %j', async (args, message) => {
+    const r = await kvoff(['generate', '--model', tiny.dir, ...args]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(message);
+  });
+
+  it('a malformed .jsonl prompt file names its line', async () => {
+    const file = join(tmp, 'bad.jsonl');
+    writeFileSync(file, '"ok"\n{"text": 3}\n');
+    const r = await kvoff(['generate', '--prompt-file', file, '--batch', '2', '--backend', 'cpu']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/bad\.jsonl line 2/);
+  });
+
   it('fails clearly for a missing model dir, bad config JSON and an unsupported architecture', async () => {
     let r = await kvoff(['generate', '--model', join(tmp, 'nope'), '--prompt-tokens', '1']);
     expect(r.code).not.toBe(0);

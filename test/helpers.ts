@@ -1,17 +1,10 @@
 // Shared test utilities: a seeded RNG and random tensors.
 import { seededRandom } from '../src/engine/sampling.js';
 
+export { randn } from '../src/model/random-model.js';
+
 /** The same seeded generator the library samples with. */
 export const rng = seededRandom;
-
-export function randn(n: number, r: () => number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(r(), 1e-12);
-    out[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r()) * scale;
-  }
-  return out;
-}
 
 export function shuffled(n: number, r: () => number): Int32Array {
   const a = Int32Array.from({ length: n }, (_, i) => i);

@@ -130,6 +130,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_kivi_ops(env, exports);
   register_kivi_attend_ops(env, exports);
   register_merge_topk_ops(env, exports);
+  register_host_memcpy_ops(env, exports);
+  register_cuda_ops(env, exports);
+  register_retrieval_ops(env, exports);
+  register_kv_scores_ops(env, exports);
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   return exports;

@@ -5,6 +5,7 @@ import { KvoffArgumentError } from '../errors.js';
 import { loadModel, type BackendName } from '../model/model.js';
 import { formatBytes } from '../units.js';
 import { createProgress } from './progress.js';
+import { formatTable } from './text-table.js';
 
 export interface EvalFlags {
   model?: string;
@@ -19,7 +20,7 @@ export interface EvalFlags {
   cpuThreads?: number;
 }
 
-function intList(flag: string, text: string): number[] {
+export function intList(flag: string, text: string): number[] {
   const parts = text.split(',').map((s) => s.trim());
   const n = parts.map(Number);
   if (parts.some((p, i) => p === '' || !Number.isSafeInteger(n[i]) || n[i] < 1)) throw new KvoffArgumentError(flag, 'comma-separated positive integers like 2048,8192', text);
@@ -37,10 +38,7 @@ function table(results: EvalResult[]): string {
     r.policy, r.task, String(r.context), r.budgetBytes === null ? 'all' : formatBytes(r.budgetBytes),
     `${(100 * r.accuracy).toFixed(1)}%`, String(r.trials), `[${(100 * r.ci95[0]).toFixed(0)}%, ${(100 * r.ci95[1]).toFixed(0)}%]`,
   ]);
-  const head = ['policy', 'task', 'context', 'budget', 'accuracy', 'trials', '95% CI'];
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i])).join('  ');
-  return [line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line)].join('\n');
+  return formatTable(['policy', 'task', 'context', 'budget', 'accuracy', 'trials', '95% CI'], rows);
 }
 
 export async function runEvalCommand(f: EvalFlags): Promise<void> {

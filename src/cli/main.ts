@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 // The `kvoff` command line: parses flags with commander and hands off to one module per command.
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { POLICIES } from '../engine/options.js';
 import { native } from '../native.js';
 import { attentionBandwidth, memcpyBandwidth, runSelfCheck } from '../selfcheck.js';
 import { runGenerate, type GenerateFlags } from './generate.js';
 import { runEvalCommand, type EvalFlags } from './eval.js';
+import { runBench, type BenchFlags } from './bench.js';
+import { SHAPE_NAMES } from '../model/shapes.js';
+import { runDoctor, type DoctorFlags } from './doctor.js';
 
 const program = new Command();
 program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
@@ -72,7 +76,7 @@ program
   .option('--prompt-file <file>', 'read the prompt text from a file')
   .option('--prompt-tokens <ids>', 'prompt as comma-separated token ids (no tokenizer needed)')
   .option('--max-new-tokens <n>', 'tokens to generate', nonNegativeInt('--max-new-tokens'), 64)
-  .option('--policy <policy>', 'KV policy: dense, cpu, offload-layer, exact, tiered or specache (see DESIGN.md section 2)')
+  .option('--policy <policy>', `KV policy: ${POLICIES.join(', ')} (see DESIGN.md section 2)`)
   .option('--vram-budget <bytes>', 'cap on the KV device tier, e.g. 2GiB, 160KiB or a byte count')
   .addOption(backendOption())
   .option('--config <file>', 'engine settings from a tuned.json (kvoff tune)')
@@ -83,6 +87,8 @@ program
   .option('--top-p <p>', 'nucleus sampling mass', finiteNumber('--top-p'), 1)
   .option('--seed <n>', 'sampling seed', nonNegativeInt('--seed'), 0)
   .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
+  .option('--batch <n>', 'decode N sequences together; prompts from --prompt-file (.jsonl: one per line; else the file N times)', positiveInt('--batch'))
+  .option('--knobs <list>', 'policy knobs, e.g. topK=32,bits=2 (each policy lists its own)')
   .action(async (opts: GenerateFlags) => {
     await runGenerate(opts);
   });
@@ -102,6 +108,37 @@ program
   .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
   .action(async (opts: EvalFlags) => {
     await runEvalCommand(opts);
+  });
+
+program
+  .command('doctor')
+  .description('report the backend, GPU, driver, pinned-memory limit, measured H2D/D2H and memcpy GB/s, and CPU features')
+  .addOption(backendOption())
+  .option('--json', 'print one JSON object')
+  .option('--quick', 'small, fast measurements (noisier numbers)')
+  .action(async (opts: DoctorFlags) => {
+    await runDoctor(opts);
+  });
+
+program
+  .command('bench')
+  .description('decode and prefill throughput per policy, context, batch and VRAM budget, next to the bound from bytes moved')
+  .option('--model <dir>', 'model directory (default: the embedded demo model)')
+  .option('--shape <name>', `random bf16 weights of a known shape: ${SHAPE_NAMES.join(', ')}`)
+  .requiredOption('--context <list>', 'context lengths in tokens, e.g. 32768,131072')
+  .option('--batch <list>', 'batch sizes, e.g. 1,8', '1')
+  .option('--policies <list>', 'comma-separated policies', 'dense')
+  .option('--vram-budget <list>', 'KV device budgets: bytes (1.6GiB), a percentage of the run\'s full KV (10%) or none; comma-separated')
+  .option('--config <file>', 'engine settings from a tuned.json (kvoff tune); policy and budget come from the flags')
+  .option('--out <file>', 'write {"machine", "runs"} as JSON')
+  .option('--plot <file.svg>', 'write decode tok/s against context as an SVG (needs vega and vega-lite)')
+  .option('--steps <n>', 'decode steps timed per run', positiveInt('--steps'), 16)
+  .option('--seed <n>', 'seed of the synthetic prompts', nonNegativeInt('--seed'), 0)
+  .option('--json', 'print {"machine", "runs"} instead of the table')
+  .addOption(backendOption())
+  .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
+  .action(async (opts: BenchFlags) => {
+    await runBench(opts);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

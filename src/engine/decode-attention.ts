@@ -19,6 +19,8 @@ export interface LayerCall {
 export interface DecodeAttention {
   /** Tokens [start, start + T) were written to the host cache: k, v [T, numKvHeads, headDim]. */
   onWrite(layer: number, start: number, k: Float32Array, v: Float32Array): void;
+  /** Token ids of positions [start, start + ids.length): the prompt before its prefill, each decoded token before its step (fastgen's token classes). */
+  onTokens?(ids: Int32Array, start: number): void;
   /** Prefill queries of positions [start, start + T): q [T, numHeads, headDim]; for policies that select from them. */
   onPrefillQueries?(layer: number, start: number, q: Float32Array): void;
   /** The prompt is in the cache: one-shot selection or compression happens here. */

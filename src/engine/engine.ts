@@ -140,6 +140,7 @@ export class Engine {
       for (let i = 0; i < B; i++) {
         const { from, shared } = sharing[i];
         const seq = kv.openSeq(i, from >= 0 ? { from: kv.seqs[from], shared } : undefined);
+        seq.attn?.onTokens?.(ids[i], 0);
         let logits: Float32Array = new Float32Array(0);
         const chunk = this.options.prefillChunk;
         for (let p = shared; p < ids[i].length; p += chunk) {
@@ -173,6 +174,7 @@ export class Engine {
         for (const s of active) {
           const token = s.generated[s.generated.length - 1];
           rows.push({ seq: s.seq, token, pos: s.pos, speculative: false });
+          s.seq.attn?.onTokens?.(Int32Array.of(token), s.pos);
           if (spec.speculative) {
             if (s.fedGuess !== null) this.#stats[s.fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
             // No guess yet on the first step: repeating the token is as good as any, and a wrong guess costs

@@ -116,7 +116,7 @@ export async function decodeStep(ctx: ForwardContext, rows: DecodeRow[]): Promis
   return logits;
 }
 
-function layerCall(ctx: ForwardContext, layer: number, seq: SeqKv): LayerCall {
+export function layerCall(ctx: ForwardContext, layer: number, seq: SeqKv): LayerCall {
   const c = ctx.model.config;
   return {
     layer, cache: ctx.kv.cache, seq: seq.id, pool: ctx.pool, groupSize: c.numHeads / c.numKvHeads,
@@ -128,7 +128,7 @@ function layerCall(ctx: ForwardContext, layer: number, seq: SeqKv): LayerCall {
  * Exact attention over the sequence's whole cache for T queries at [start, start + T): q, out [T, numHeads,
  * headDim]; lse [T, numHeads]. Runs on the CPU workers (offload-layer: over the staged copy).
  */
-async function attendCache(ctx: ForwardContext, l: number, seq: SeqKv, start: number, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
+export async function attendCache(ctx: ForwardContext, l: number, seq: SeqKv, start: number, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
   const { model, kv, pool, stats, signal } = ctx;
   const c = model.config;
   const G = c.numHeads / c.numKvHeads;

@@ -29,16 +29,16 @@ export interface EvalOptions {
   onTrial?: (done: number, total: number) => void;
 }
 
-/** "10%" of the full-precision KV of a context, or an absolute byte size. */
-export function resolveBudget(budget: string | undefined, fullKvBytes: number): number | null {
+/** "10%" of the full-precision KV of a context, or an absolute byte size; `flag` names the option in errors. */
+export function resolveBudget(budget: string | undefined, fullKvBytes: number, flag = '--budget'): number | null {
   if (budget === undefined) return null;
   const pct = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(budget);
   if (pct) {
     const p = Number(pct[1]);
-    if (!(p > 0 && p <= 1000)) throw new KvoffArgumentError('--budget', 'a percentage in (0, 1000]', budget);
+    if (!(p > 0 && p <= 1000)) throw new KvoffArgumentError(flag, 'a percentage in (0, 1000]', budget);
     return Math.floor((fullKvBytes * p) / 100);
   }
-  return parseBytes(budget, '--budget');
+  return parseBytes(budget, flag);
 }
 
 export async function runEval(model: Model, o: EvalOptions): Promise<EvalResult[]> {

@@ -20,4 +20,23 @@ bool cuda_usable();
 bool cuda_host_register(void* p, size_t bytes, std::string* why);
 void cuda_host_unregister(void* p);
 
+// Free and total bytes of one device; ok is false (and reason says why) without a usable GPU.
+struct CudaMemInfo {
+  bool ok = false;
+  size_t freeBytes = 0;
+  size_t totalBytes = 0;
+  std::string reason;
+};
+CudaMemInfo cuda_mem_info(int device);
+
+// Bulk copy speed between pinned host memory (cudaHostAlloc) and one device: best of `iterations`
+// cudaMemcpyAsync of `bytes` each way on one stream, timed with events. Blocks; call off the JS thread.
+struct CudaBandwidth {
+  bool ok = false;
+  double h2dGbPerS = 0;  // bytes copied per second / 1e9
+  double d2hGbPerS = 0;
+  std::string reason;
+};
+CudaBandwidth cuda_bandwidth(int device, size_t bytes, int iterations);
+
 }  // namespace kvoff

@@ -15,4 +15,16 @@ bool cuda_host_register(void*, size_t, std::string* why) {
 }
 void cuda_host_unregister(void*) {}
 
+CudaMemInfo cuda_mem_info(int) {
+  CudaMemInfo m;
+  m.reason = cuda_info().reason;
+  return m;
+}
+
+CudaBandwidth cuda_bandwidth(int, size_t, int) {
+  CudaBandwidth b;
+  b.reason = cuda_info().reason;
+  return b;
+}
+
 }  // namespace kvoff
