@@ -38,7 +38,7 @@ describe('policy knobs', () => {
     for await (const _ of plain.generate(prompt, { maxNewTokens: 2 })) void _;
     expect(plain.lastKnobs).toMatchObject({ topK: 64, bits: 4, keyGroupSize: 32 });
     await plain.dispose();
-  });
+  }, 60_000);
 
   it('under a budget, the fit gives up low-bit precision first, then key-group metadata, then hot-set size', async () => {
     const full = await createEngine(demo, { policy: 'specache' });
@@ -68,5 +68,5 @@ describe('policy knobs', () => {
     expect(err).toBeInstanceOf(KvoffCapacityError);
     expect((err as Error).message).toMatch(/smallest budget that works is \d+ bytes/);
     await fixed.dispose();
-  });
+  }, 60_000);
 });
