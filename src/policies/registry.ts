@@ -1,4 +1,17 @@
 // The baseline policies of DESIGN.md §2 (eviction, merging, quantization, retrieval), one file each.
 import type { PolicySpec } from '../engine/policies.js';
+import { streamingPolicy } from './streaming.js';
+import { h2oPolicy } from './h2o.js';
+import { tovaPolicy } from './tova.js';
+import { snapkvPolicy } from './snapkv.js';
+import { pyramidPolicy } from './pyramid.js';
+import { fastgenPolicy } from './fastgen.js';
 
-export const BASELINE_POLICIES: PolicySpec[] = [];
+export const BASELINE_POLICIES: PolicySpec[] = [
+  streamingPolicy,
+  h2oPolicy,
+  tovaPolicy,
+  snapkvPolicy,
+  pyramidPolicy,
+  fastgenPolicy,
+];
