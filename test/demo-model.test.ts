@@ -44,4 +44,16 @@ describe('demo model', () => {
     const all = results.reduce((s, r) => s + r.accuracy * r.trials, 0) / results.reduce((s, r) => s + r.trials, 0);
     expect(all).toBeGreaterThanOrEqual(0.95);
   }, 120_000);
+
+  it('eval skips a policy whose working set does not fit the budget, naming the smallest budget that works', async () => {
+    const results = await runEval(model, { tasks: ['passkey', 'multikey'], contexts: [512], policies: ['specache', 'cpu'], budget: '2%', trials: 2, seed: 1 });
+    const spec = results.filter((r) => r.policy === 'specache');
+    expect(spec).toHaveLength(2);
+    for (const r of spec) {
+      expect(r.skipped?.minBudgetBytes).toBeGreaterThan(r.budgetBytes!);
+      expect(r.trials).toBe(0);
+      expect(JSON.parse(JSON.stringify(r)).accuracy).toBeNull(); // --json prints null, not a number
+    }
+    for (const r of results.filter((x) => x.policy === 'cpu')) expect(r.skipped).toBeUndefined(); // cpu needs no device memory
+  }, 120_000);
 });

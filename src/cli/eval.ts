@@ -36,7 +36,8 @@ function taskList(text: string): TaskName[] {
 function table(results: EvalResult[]): string {
   const rows = results.map((r) => [
     r.policy, r.task, String(r.context), r.budgetBytes === null ? 'all' : formatBytes(r.budgetBytes),
-    `${(100 * r.accuracy).toFixed(1)}%`, String(r.trials), `[${(100 * r.ci95[0]).toFixed(0)}%, ${(100 * r.ci95[1]).toFixed(0)}%]`,
+    r.skipped ? `needs ${formatBytes(r.skipped.minBudgetBytes)}` : `${(100 * r.accuracy).toFixed(1)}%`, String(r.trials),
+    r.skipped ? '-' : `[${(100 * r.ci95[0]).toFixed(0)}%, ${(100 * r.ci95[1]).toFixed(0)}%]`,
   ]);
   return formatTable(['policy', 'task', 'context', 'budget', 'accuracy', 'trials', '95% CI'], rows);
 }

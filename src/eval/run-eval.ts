@@ -1,7 +1,7 @@
 // Retrieval accuracy of policies on the demo tasks: seeded trials, greedy decoding, Wilson 95% intervals.
 import { createEngine } from '../engine/engine.js';
 import type { EngineOptions } from '../engine/options.js';
-import { KvoffArgumentError } from '../errors.js';
+import { KvoffArgumentError, KvoffCapacityError } from '../errors.js';
 import type { Model } from '../model/model.js';
 import { parseBytes } from '../units.js';
 import { wilson95 } from './stats.js';
@@ -15,6 +15,8 @@ export interface EvalResult {
   accuracy: number;
   trials: number;
   ci95: [number, number];
+  /** Set when the policy cannot run at this budget: the smallest budget that works, in bytes. */
+  skipped?: { reason: string; minBudgetBytes: number };
 }
 
 export interface EvalOptions {
@@ -59,13 +61,25 @@ export async function runEval(model: Model, o: EvalOptions): Promise<EvalResult[
           for (let trial = 0; trial < o.trials; trial++) {
             const inst = trialInstance(spec, task, context, o.seed, trial);
             let text = '';
-            for await (const t of engine.generate(inst.prompt, { maxNewTokens: spec.max_new_tokens, signal: o.signal })) {
-              text += t.text;
-              if (text.includes(spec.answer_terminator)) break;
+            try {
+              for await (const t of engine.generate(inst.prompt, { maxNewTokens: spec.max_new_tokens, signal: o.signal })) {
+                text += t.text;
+                if (text.includes(spec.answer_terminator)) break;
+              }
+            } catch (err) {
+              // Too small a budget fails the first generation, before any work: the cell is skipped, with the
+              // smallest budget that works. Trials of one cell are all about as long, so no later one fails so.
+              if (!(err instanceof KvoffCapacityError) || trial > 0) throw err;
+              const skipped = { reason: err.message, minBudgetBytes: err.needed };
+              for (const t of o.tasks) results.push({ policy, task: t, context, budgetBytes, accuracy: Number.NaN, trials: 0, ci95: [0, 1], skipped });
+              done += o.tasks.length * o.trials; // the progress bar still ends at its total
+              o.onTrial?.(done, total);
+              break;
             }
             if (scoreAnswer(spec, text, inst.answer)) correct++;
             o.onTrial?.(++done, total);
           }
+          if (results.some((r) => r.policy === policy && r.context === context && r.skipped)) break;
           results.push({ policy, task, context, budgetBytes, accuracy: correct / o.trials, trials: o.trials, ci95: wilson95(correct, o.trials) });
         }
       } finally {
