@@ -5,6 +5,7 @@ import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { isMainThread } from 'node:worker_threads';
 import { HostArena } from '../src/arena.js';
+import { f32ToF16 } from '../src/kernels/half.js';
 import { native, type KvDtype, type SimdLevel } from '../src/native.js';
 import {
   MiB, Team, copyResult, gbPerS, isTeamWorker, median, memcpyMultiThread, multiThreadBytes, serveTeam,
@@ -338,7 +339,7 @@ interface KiviRow {
   ms: number;
   keysPerS: number;
   codesGBs: number; // packed codes only
-  withParamsGBs: number; // codes + per-group zero/scale (as large as the codes at 2 bits, D128, group 32)
+  withParamsGBs: number; // codes + per-group fp16 zero/scale (half the size of the codes at 2 bits, D128, group 32)
   timing: Timing;
 }
 
@@ -351,7 +352,8 @@ function kiviRow(bits: 2 | 4, sizes: Sizes): KiviRow {
   const codes = new Uint8Array((keys * D * bits) / 8);
   const r = lcg(5);
   for (let i = 0; i < codes.length; i++) codes[i] = Math.floor(r() * 256);
-  const zero = randomFloats(numGroups * D, 6), scale = randomFloats(numGroups * D, 8, 0.1);
+  const zero = Uint16Array.from(randomFloats(numGroups * D, 6), f32ToF16); // fp16 [numGroups, D]
+  const scale = Uint16Array.from(randomFloats(numGroups * D, 8, 0.1), f32ToF16);
   const q = randomFloats(c.groupSize * D, 9), out = new Float32Array(keys);
   const timing = timeSmall(() => native().kiviScoreKeys({ bits, headDim: D, groupSize: KIVI_GROUP, numGroups, queryHeads: c.groupSize, q, codes, zero, scale, out }), sizes.reps);
   const ms = timing.medianMs;

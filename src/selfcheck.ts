@@ -71,7 +71,7 @@ function checkMerge(r: () => number): CheckRow {
 function checkKivi(bits: 1 | 2 | 4, r: () => number): CheckRow {
   const D = 64, G = 32, ng = 4;
   const src = fill(ng * G * D, r);
-  const codes = new Uint8Array((ng * G * D * bits) / 8), zero = new Float32Array(ng * D), scale = new Float32Array(ng * D);
+  const codes = new Uint8Array((ng * G * D * bits) / 8), zero = new Uint16Array(ng * D), scale = new Uint16Array(ng * D); // fp16 bits
   native().kiviQuantizeKeys({ bits, headDim: D, groupSize: G, numGroups: ng, src, codes, zero, scale });
   const ref = quantizeKeysRef(src, ng, G, D, bits);
   let mismatched = 0;

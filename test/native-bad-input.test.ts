@@ -41,9 +41,9 @@ describe('native bad input', () => {
     expect(() => native().kvAttend({ ...attendArgs(r), dtype: 'fp8' as 'f16' }))
       .toThrow('Expected "f16" or "bf16" for kvAttend.dtype but received "fp8"');
     expect(() => native().kvAttend({ ...attendArgs(r), numTokens: 1.5 })).toThrow(/an integer for kvAttend.numTokens/);
-    expect(() => native().kiviQuantizeKeys({ bits: 3 as 2, headDim: 64, groupSize: 32, numGroups: 1, src: new Float32Array(2048), codes: new Uint8Array(512), zero: new Float32Array(64), scale: new Float32Array(64) }))
+    expect(() => native().kiviQuantizeKeys({ bits: 3 as 2, headDim: 64, groupSize: 32, numGroups: 1, src: new Float32Array(2048), codes: new Uint8Array(512), zero: new Uint16Array(64), scale: new Uint16Array(64) }))
       .toThrow('Expected 1, 2 or 4 for kiviQuantizeKeys.bits but received 3');
-    expect(() => native().kiviQuantizeValues({ bits: 2, headDim: 64, groupSize: 48, numTokens: 1, src: new Float32Array(64), codes: new Uint8Array(16), zero: new Float32Array(1), scale: new Float32Array(1) }))
+    expect(() => native().kiviQuantizeValues({ bits: 2, headDim: 64, groupSize: 48, numTokens: 1, src: new Float32Array(64), codes: new Uint8Array(16), zero: new Uint16Array(1), scale: new Uint16Array(1) }))
       .toThrow(/divisor of headDim 64/);
     const e = (() => { try { native().kvAttend({ ...attendArgs(r), lse: new Float32Array(7) }); } catch (err) { return err; } })();
     expect(e).toBeInstanceOf(KvoffArgumentError);

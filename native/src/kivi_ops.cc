@@ -1,5 +1,6 @@
 // KIVI entry points: keys quantized per channel over token groups, values per token over channel
 // groups, their dequantization, and approximate GQA-averaged scores q·K over quantized keys.
+// Zero and scale are fp16 bit patterns (uint16), computed as kivi_params_f16 in kivi.h describes.
 #include <cstring>
 #include <vector>
 
@@ -27,7 +28,7 @@ KiviShape read_shape(const Args& a) {
   return s;
 }
 
-// src [numGroups, groupSize, D] -> codes [numGroups, groupSize, D*b/8], zero/scale [numGroups, D]
+// src [numGroups, groupSize, D] -> codes [numGroups, groupSize, D*b/8], zero/scale fp16 [numGroups, D]
 Napi::Value QuantizeKeys(const Napi::CallbackInfo& info) {
   Args a(info, "kiviQuantizeKeys");
   KiviShape s = read_shape(a);
@@ -35,8 +36,8 @@ Napi::Value QuantizeKeys(const Napi::CallbackInfo& info) {
   const size_t G = s.groupSize, D = s.headDim;
   auto src = a.f32("src", mul_checked(a, "src", ng * G, D));
   auto codes = a.u8("codes", ng * G * s.rowBytes);
-  auto zero = a.f32("zero", ng * D);
-  auto scale = a.f32("scale", ng * D);
+  auto zero = a.u16("zero", ng * D);
+  auto scale = a.u16("scale", ng * D);
   for (size_t g = 0; g < ng; ++g) {
     const float* x = src.data + g * G * D;
     uint8_t* cg = codes.data + g * G * s.rowBytes;
@@ -49,9 +50,7 @@ Napi::Value QuantizeKeys(const Napi::CallbackInfo& info) {
         mx = v > mx ? v : mx;
       }
       float z, sc;
-      kivi_params(mn, mx, s.bits, &z, &sc);
-      zero.data[g * D + c] = z;
-      scale.data[g * D + c] = sc;
+      kivi_params_f16(mn, mx, s.bits, &zero.data[g * D + c], &scale.data[g * D + c], &z, &sc);
       for (size_t t = 0; t < G; ++t) kivi_put(cg + t * s.rowBytes, static_cast<int>(c), s.bits, kivi_code(x[t * D + c], z, sc, s.bits));
     }
   }
@@ -64,19 +63,25 @@ Napi::Value DequantizeKeys(const Napi::CallbackInfo& info) {
   const size_t ng = static_cast<size_t>(a.integer("numGroups", 0, 1 << 30));
   const size_t G = s.groupSize, D = s.headDim;
   auto codes = a.u8("codes", mul_checked(a, "codes", ng * G, s.rowBytes));
-  auto zero = a.f32("zero", ng * D);
-  auto scale = a.f32("scale", ng * D);
+  auto zero = a.u16("zero", ng * D);
+  auto scale = a.u16("scale", ng * D);
   auto out = a.f32("out", ng * G * D);
-  for (size_t g = 0; g < ng; ++g)
+  std::vector<float> zf(D), sf(D);  // [D] one group's zero/scale in f32
+  for (size_t g = 0; g < ng; ++g) {
+    for (size_t c = 0; c < D; ++c) {
+      zf[c] = f16_to_f32(zero.data[g * D + c]);
+      sf[c] = f16_to_f32(scale.data[g * D + c]);
+    }
     for (size_t t = 0; t < G; ++t) {
       const uint8_t* row = codes.data + (g * G + t) * s.rowBytes;
       float* o = out.data + (g * G + t) * D;
-      for (size_t c = 0; c < D; ++c) o[c] = kivi_dequant(kivi_get(row, static_cast<int>(c), s.bits), zero.data[g * D + c], scale.data[g * D + c]);
+      for (size_t c = 0; c < D; ++c) o[c] = kivi_dequant(kivi_get(row, static_cast<int>(c), s.bits), zf[c], sf[c]);
     }
+  }
   return a.env().Undefined();
 }
 
-// src [numTokens, D] -> codes [numTokens, D*b/8], zero/scale [numTokens, D/groupSize]
+// src [numTokens, D] -> codes [numTokens, D*b/8], zero/scale fp16 [numTokens, D/groupSize]
 Napi::Value QuantizeValues(const Napi::CallbackInfo& info) {
   Args a(info, "kiviQuantizeValues");
   KiviShape s = read_shape(a);
@@ -85,8 +90,8 @@ Napi::Value QuantizeValues(const Napi::CallbackInfo& info) {
   const size_t D = s.headDim, G = s.groupSize, ng = D / G;
   auto src = a.f32("src", mul_checked(a, "src", n, D));
   auto codes = a.u8("codes", n * s.rowBytes);
-  auto zero = a.f32("zero", n * ng);
-  auto scale = a.f32("scale", n * ng);
+  auto zero = a.u16("zero", n * ng);
+  auto scale = a.u16("scale", n * ng);
   for (size_t t = 0; t < n; ++t) {
     const float* x = src.data + t * D;
     uint8_t* row = codes.data + t * s.rowBytes;
@@ -99,9 +104,7 @@ Napi::Value QuantizeValues(const Napi::CallbackInfo& info) {
         mx = v > mx ? v : mx;
       }
       float z, sc;
-      kivi_params(mn, mx, s.bits, &z, &sc);
-      zero.data[t * ng + j] = z;
-      scale.data[t * ng + j] = sc;
+      kivi_params_f16(mn, mx, s.bits, &zero.data[t * ng + j], &scale.data[t * ng + j], &z, &sc);
       for (size_t c = 0; c < G; ++c) kivi_put(row, static_cast<int>(j * G + c), s.bits, kivi_code(x[j * G + c], z, sc, s.bits));
     }
   }
@@ -115,13 +118,15 @@ Napi::Value DequantizeValues(const Napi::CallbackInfo& info) {
   const size_t n = static_cast<size_t>(a.integer("numTokens", 0, 1 << 30));
   const size_t D = s.headDim, G = s.groupSize, ng = D / G;
   auto codes = a.u8("codes", mul_checked(a, "codes", n, s.rowBytes));
-  auto zero = a.f32("zero", n * ng);
-  auto scale = a.f32("scale", n * ng);
+  auto zero = a.u16("zero", n * ng);
+  auto scale = a.u16("scale", n * ng);
   auto out = a.f32("out", n * D);
   for (size_t t = 0; t < n; ++t) {
     const uint8_t* row = codes.data + t * s.rowBytes;
-    for (size_t c = 0; c < D; ++c)
-      out.data[t * D + c] = kivi_dequant(kivi_get(row, static_cast<int>(c), s.bits), zero.data[t * ng + c / G], scale.data[t * ng + c / G]);
+    for (size_t j = 0; j < ng; ++j) {
+      const float z = f16_to_f32(zero.data[t * ng + j]), sc = f16_to_f32(scale.data[t * ng + j]);
+      for (size_t c = j * G; c < (j + 1) * G; ++c) out.data[t * D + c] = kivi_dequant(kivi_get(row, static_cast<int>(c), s.bits), z, sc);
+    }
   }
   return a.env().Undefined();
 }
@@ -136,8 +141,8 @@ Napi::Value ScoreKeys(const Napi::CallbackInfo& info) {
   const size_t G = s.groupSize, D = s.headDim;
   auto q = a.f32("q", static_cast<size_t>(Gq) * D);  // [queryHeads, D]
   auto codes = a.u8("codes", mul_checked(a, "codes", ng * G, s.rowBytes));
-  auto zero = a.f32("zero", ng * D);
-  auto scale = a.f32("scale", ng * D);
+  auto zero = a.u16("zero", ng * D);   // fp16 [numGroups, D]
+  auto scale = a.u16("scale", ng * D);  // fp16 [numGroups, D]
   auto out = a.f32("out", ng * G);  // [numGroups * groupSize]
   std::vector<float> qm(D, 0.f), w(D), cf(D);
   for (int g = 0; g < Gq; ++g)
@@ -146,8 +151,8 @@ Napi::Value ScoreKeys(const Napi::CallbackInfo& info) {
   for (size_t g = 0; g < ng; ++g) {
     float bias = 0.f;
     for (size_t c = 0; c < D; ++c) {
-      bias += qm[c] * zero.data[g * D + c];
-      w[c] = qm[c] * scale.data[g * D + c];
+      bias += qm[c] * f16_to_f32(zero.data[g * D + c]);
+      w[c] = qm[c] * f16_to_f32(scale.data[g * D + c]);
     }
     for (size_t t = 0; t < G; ++t) {
       kivi_unpack_row(codes.data + (g * G + t) * s.rowBytes, s.rowBytes, s.bits, cf.data());

@@ -11,8 +11,8 @@ export interface KiviAttendRefArgs {
   queryHeads: number;
   q: Float32Array; // [queryHeads, headDim]
   scale: number;
-  keys: QuantKeys; // codes [numGroups, keyGroupSize, headDim * bits / 8], zero/scale [numGroups, headDim]
-  values: QuantValues; // codes [numTokens, headDim * bits / 8], zero/scale [numTokens, headDim / valueGroupSize]
+  keys: QuantKeys; // codes [numGroups, keyGroupSize, headDim * bits / 8], fp16 zero/scale [numGroups, headDim]
+  values: QuantValues; // codes [numTokens, headDim * bits / 8], fp16 zero/scale [numTokens, headDim / valueGroupSize]
   exclude?: ArrayLike<number>; // positions left out
 }
 

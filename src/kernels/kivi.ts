@@ -1,6 +1,8 @@
 // Reference KIVI quantization (keys per channel over token groups, values per token over channel
-// groups) at 1, 2 and 4 bits, and GQA-averaged scores over quantized keys. fp32 steps via Math.fround,
-// so codes are bit-exact with native/src/kivi.h.
+// groups) at 1, 2 and 4 bits with fp16 zero/scale, and GQA-averaged scores over quantized keys. fp32 steps
+// via Math.fround, so codes and fp16 parameters are bit-exact with native/src/kivi.h.
+import { f16ToF32, f32ToF16 } from './half.js';
+
 const fr = Math.fround;
 
 export type KiviBits = 1 | 2 | 4;
@@ -8,6 +10,27 @@ export type KiviBits = 1 | 2 | 4;
 export function kiviParams(mn: number, mx: number, bits: KiviBits): { zero: number; scale: number } {
   if (bits === 1) return { zero: fr(fr(fr(3 * mn) + mx) * 0.25), scale: fr(fr(mx - mn) * 0.5) };
   return { zero: mn, scale: fr(fr(mx - mn) / ((1 << bits) - 1)) };
+}
+
+/** fp16's largest finite value: stored zero/scale are clamped to +-this. */
+export const KIVI_META_MAX = 65504;
+
+/** One zero or scale as stored: clamped to +-65504, rounded to nearest-even fp16; NaN as 0x7e00. Returns the fp16 bits. */
+export function kiviMetaF16(v: number): number {
+  if (Number.isNaN(v)) return 0x7e00;
+  return f32ToF16(v > KIVI_META_MAX ? KIVI_META_MAX : v < -KIVI_META_MAX ? -KIVI_META_MAX : v);
+}
+
+/**
+ * The stored parameters of a group with range [mn, mx]: kiviParams in f32, each rounded to fp16 (kiviMetaF16).
+ * zero/scale are fp16 bits; zf/sf their f32 values, from which the codes are computed so that dequantization
+ * lands on the level each code was chosen for.
+ */
+export function kiviParamsF16(mn: number, mx: number, bits: KiviBits): { zero: number; scale: number; zf: number; sf: number } {
+  const p = kiviParams(mn, mx, bits);
+  const zero = kiviMetaF16(p.zero);
+  const scale = kiviMetaF16(p.scale);
+  return { zero, scale, zf: f16ToF32(zero), sf: f16ToF32(scale) };
 }
 
 export function kiviCode(x: number, zero: number, scale: number, bits: KiviBits): number {
@@ -34,16 +57,16 @@ function get(row: Uint8Array, at: number, i: number, bits: number): number {
 
 export interface QuantKeys {
   codes: Uint8Array; // [numGroups, groupSize, headDim * bits / 8]
-  zero: Float32Array; // [numGroups, headDim]
-  scale: Float32Array; // [numGroups, headDim]
+  zero: Uint16Array; // fp16 bits [numGroups, headDim]
+  scale: Uint16Array; // fp16 bits [numGroups, headDim]
 }
 
 /** src: [numGroups, groupSize, headDim]. */
 export function quantizeKeysRef(src: Float32Array, numGroups: number, groupSize: number, headDim: number, bits: KiviBits): QuantKeys {
   const rowBytes = (headDim * bits) / 8;
   const codes = new Uint8Array(numGroups * groupSize * rowBytes);
-  const zero = new Float32Array(numGroups * headDim);
-  const scale = new Float32Array(numGroups * headDim);
+  const zero = new Uint16Array(numGroups * headDim);
+  const scale = new Uint16Array(numGroups * headDim);
   for (let g = 0; g < numGroups; g++) {
     for (let c = 0; c < headDim; c++) {
       let mn = Infinity;
@@ -54,11 +77,11 @@ export function quantizeKeysRef(src: Float32Array, numGroups: number, groupSize:
         if (v < mn) mn = v;
         if (v > mx) mx = v;
       }
-      const p = kiviParams(mn, mx, bits);
+      const p = kiviParamsF16(mn, mx, bits);
       zero[g * headDim + c] = p.zero;
       scale[g * headDim + c] = p.scale;
       for (let t = 0; t < groupSize; t++) {
-        const code = kiviCode(src[(g * groupSize + t) * headDim + c], zero[g * headDim + c], scale[g * headDim + c], bits);
+        const code = kiviCode(src[(g * groupSize + t) * headDim + c], p.zf, p.sf, bits);
         put(codes, (g * groupSize + t) * rowBytes, c, bits, code);
       }
     }
@@ -72,14 +95,14 @@ export function dequantizeKeysRef(q: QuantKeys, numGroups: number, groupSize: nu
   for (let g = 0; g < numGroups; g++)
     for (let t = 0; t < groupSize; t++)
       for (let c = 0; c < headDim; c++)
-        out[(g * groupSize + t) * headDim + c] = kiviDequant(get(q.codes, (g * groupSize + t) * rowBytes, c, bits), q.zero[g * headDim + c], q.scale[g * headDim + c]);
+        out[(g * groupSize + t) * headDim + c] = kiviDequant(get(q.codes, (g * groupSize + t) * rowBytes, c, bits), f16ToF32(q.zero[g * headDim + c]), f16ToF32(q.scale[g * headDim + c]));
   return out;
 }
 
 export interface QuantValues {
   codes: Uint8Array; // [numTokens, headDim * bits / 8]
-  zero: Float32Array; // [numTokens, headDim / groupSize]
-  scale: Float32Array; // [numTokens, headDim / groupSize]
+  zero: Uint16Array; // fp16 bits [numTokens, headDim / groupSize]
+  scale: Uint16Array; // fp16 bits [numTokens, headDim / groupSize]
 }
 
 /** src: [numTokens, headDim]; groups of groupSize channels per token. */
@@ -87,8 +110,8 @@ export function quantizeValuesRef(src: Float32Array, numTokens: number, groupSiz
   const rowBytes = (headDim * bits) / 8;
   const ng = headDim / groupSize;
   const codes = new Uint8Array(numTokens * rowBytes);
-  const zero = new Float32Array(numTokens * ng);
-  const scale = new Float32Array(numTokens * ng);
+  const zero = new Uint16Array(numTokens * ng);
+  const scale = new Uint16Array(numTokens * ng);
   for (let t = 0; t < numTokens; t++) {
     for (let j = 0; j < ng; j++) {
       let mn = src[t * headDim + j * groupSize];
@@ -98,11 +121,10 @@ export function quantizeValuesRef(src: Float32Array, numTokens: number, groupSiz
         if (v < mn) mn = v;
         if (v > mx) mx = v;
       }
-      const p = kiviParams(mn, mx, bits);
+      const p = kiviParamsF16(mn, mx, bits);
       zero[t * ng + j] = p.zero;
       scale[t * ng + j] = p.scale;
-      for (let c = 0; c < groupSize; c++)
-        put(codes, t * rowBytes, j * groupSize + c, bits, kiviCode(src[t * headDim + j * groupSize + c], zero[t * ng + j], scale[t * ng + j], bits));
+      for (let c = 0; c < groupSize; c++) put(codes, t * rowBytes, j * groupSize + c, bits, kiviCode(src[t * headDim + j * groupSize + c], p.zf, p.sf, bits));
     }
   }
   return { codes, zero, scale };
@@ -114,7 +136,7 @@ export function dequantizeValuesRef(q: QuantValues, numTokens: number, groupSize
   const out = new Float32Array(numTokens * headDim);
   for (let t = 0; t < numTokens; t++)
     for (let c = 0; c < headDim; c++)
-      out[t * headDim + c] = kiviDequant(get(q.codes, t * rowBytes, c, bits), q.zero[t * ng + Math.floor(c / groupSize)], q.scale[t * ng + Math.floor(c / groupSize)]);
+      out[t * headDim + c] = kiviDequant(get(q.codes, t * rowBytes, c, bits), f16ToF32(q.zero[t * ng + Math.floor(c / groupSize)]), f16ToF32(q.scale[t * ng + Math.floor(c / groupSize)]));
   return out;
 }
 
