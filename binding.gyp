@@ -15,13 +15,13 @@
     {
       "target_name": "kvoff_avx2",
       "type": "static_library",
-      "sources": ["native/src/simd/kernels_avx2.cc"],
+      "sources": ["native/src/simd/kernels_avx2.cc", "native/src/simd/kivi_attend_avx2.cc"],
       "cflags_cc": ["-mavx2", "-mfma", "-mf16c"]
     },
     {
       "target_name": "kvoff_avx512",
       "type": "static_library",
-      "sources": ["native/src/simd/kernels_avx512.cc"],
+      "sources": ["native/src/simd/kernels_avx512.cc", "native/src/simd/kivi_attend_avx512.cc"],
       "cflags_cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mavx2", "-Wno-maybe-uninitialized"]
     },
     {
@@ -37,16 +37,22 @@
         "native/src/kivi_attend.cc",
         "native/src/merge_topk_ops.cc",
         "native/src/kv_scores.cc",
+        "native/src/partial_key_scores.cc",
         "native/src/host_memcpy.cc",
         "native/src/cuda_ops.cc",
         "native/src/retrieval_ops.cc",
+        "native/src/cuda_args.cc",
+        "native/src/cuda_device_ops.cc",
+        "native/src/cuda_kernel_ops.cc",
         "native/src/simd/kernels_scalar.cc",
+        "native/src/simd/kivi_attend_scalar.cc",
         "native/src/simd/dispatch.cc"
       ],
       "conditions": [
         ["nvcc!=''", {
           "defines": ["KVOFF_WITH_CUDA=1"],
-          "sources": ["native/src/cuda/cuda_probe.cu", "native/src/cuda/cuda_measure.cu"],
+          "sources": ["native/src/cuda/cuda_probe.cu", "native/src/cuda/cuda_measure.cu", "native/src/cuda/cuda_device.cu",
+                      "native/src/cuda/cuda_calls.cu", "native/src/cuda/cuda_gather.cu", "native/src/cuda/cuda_gemv.cu"],
           "include_dirs": ["<(cuda_home)/include"],
           "libraries": ["-L<(cuda_home)/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
           "rules": [{

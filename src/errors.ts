@@ -66,6 +66,13 @@ export class KvoffNativeError extends KvoffError {
   }
 }
 
+/** A GPU operation cannot run: no usable GPU, CUDA not built, or a CUDA call failed; the message says which and why. */
+export class KvoffDeviceError extends KvoffError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('KVOFF_E_DEVICE', message, options);
+  }
+}
+
 /** Short, safe rendering of a received value for error messages. */
 export function describe(value: unknown): string {
   if (value === null) return 'null';
@@ -102,7 +109,11 @@ export function fromNativeError(err: unknown): unknown {
   } else if (code === 'KVOFF_E_DISPOSED') {
     out = new KvoffDisposedError('arena');
   } else if (code === 'KVOFF_E_CAPACITY') {
-    out = new KvoffCapacityError('bytes', NaN, NaN);
+    // Native messages in KvoffCapacityError's own template keep their numbers.
+    const m = /^Expected room for (\d+) (.+?) but only (\d+) are available/.exec(msg);
+    out = m ? new KvoffCapacityError(m[2]!, Number(m[1]), Number(m[3])) : new KvoffCapacityError('bytes', NaN, NaN);
+  } else if (code === 'KVOFF_E_DEVICE') {
+    out = new KvoffDeviceError(msg);
   } else {
     return err;
   }

@@ -65,6 +65,17 @@ export interface KvColumnScoresOptions extends KvRegion {
   out: Float32Array | ArenaRef; // [rows, numTokens]
 }
 
+/** InfiniGen's partial-key scores: q . k of query rows against keys stored densely, [n, dim] 16-bit rows (unscaled). */
+export interface PartialKeyScoresOptions {
+  dtype: KvDtype;
+  dim: number; // channels per key row (InfiniGen's r)
+  n: number; // key rows
+  rows: number; // query rows
+  keys: Uint16Array | ArenaRef; // [n, dim]
+  q: Float32Array | ArenaRef; // [rows, dim]
+  out: Float32Array | ArenaRef; // [rows, n]
+}
+
 /** Quest's per-page upper bound of q . k from per-channel key ranges, max over the query heads of a group. */
 export interface PageBoundsOptions {
   queryHeads: number;
@@ -86,6 +97,7 @@ export interface KvGatherOptions extends KvRegion {
   dstCapacity?: number; // slots per head in dst, with dstSlots
 }
 
+/** KIVI zero/scale travel as fp16 bit patterns (Uint16Array), computed as kiviParamsF16 in src/kernels/kivi.ts says. */
 export interface KiviShape {
   bits: 1 | 2 | 4;
   headDim: number;
@@ -96,8 +108,8 @@ export interface KiviKeysOptions extends KiviShape {
   numGroups: number;
   src: Float32Array | ArenaRef; // [numGroups, groupSize, headDim]
   codes: Uint8Array | ArenaRef; // [numGroups, groupSize, headDim * bits / 8]
-  zero: Float32Array | ArenaRef; // [numGroups, headDim]
-  scale: Float32Array | ArenaRef; // [numGroups, headDim]
+  zero: Uint16Array | ArenaRef; // fp16 bits [numGroups, headDim]
+  scale: Uint16Array | ArenaRef; // fp16 bits [numGroups, headDim]
 }
 
 export interface KiviKeysDequantOptions extends Omit<KiviKeysOptions, 'src'> {
@@ -108,8 +120,8 @@ export interface KiviValuesOptions extends KiviShape {
   numTokens: number;
   src: Float32Array | ArenaRef; // [numTokens, headDim]
   codes: Uint8Array | ArenaRef; // [numTokens, headDim * bits / 8]
-  zero: Float32Array | ArenaRef; // [numTokens, headDim / groupSize]
-  scale: Float32Array | ArenaRef; // [numTokens, headDim / groupSize]
+  zero: Uint16Array | ArenaRef; // fp16 bits [numTokens, headDim / groupSize]
+  scale: Uint16Array | ArenaRef; // fp16 bits [numTokens, headDim / groupSize]
 }
 
 export interface KiviValuesDequantOptions extends Omit<KiviValuesOptions, 'src'> {
@@ -136,11 +148,11 @@ export interface KiviAttendOptions {
   q: Float32Array | ArenaRef; // [queryHeads, headDim]
   scale: number; // softmax scale, usually 1/sqrt(headDim)
   keyCodes: Uint8Array | ArenaRef; // [numGroups, keyGroupSize, headDim * bits / 8]
-  keyZero: Float32Array | ArenaRef; // [numGroups, headDim]
-  keyScale: Float32Array | ArenaRef; // [numGroups, headDim]
+  keyZero: Uint16Array | ArenaRef; // fp16 bits [numGroups, headDim]
+  keyScale: Uint16Array | ArenaRef; // fp16 bits [numGroups, headDim]
   valueCodes: Uint8Array | ArenaRef; // [numTokens, headDim * bits / 8]
-  valueZero: Float32Array | ArenaRef; // [numTokens, headDim / valueGroupSize]
-  valueScale: Float32Array | ArenaRef; // [numTokens, headDim / valueGroupSize]
+  valueZero: Uint16Array | ArenaRef; // fp16 bits [numTokens, headDim / valueGroupSize]
+  valueScale: Uint16Array | ArenaRef; // fp16 bits [numTokens, headDim / valueGroupSize]
   exclude?: Int32Array; // sorted positions in [0, numTokens) left out (attended elsewhere)
   out: Float32Array | ArenaRef; // [queryHeads, headDim]; zeros when nothing is attended
   lse: Float32Array | ArenaRef; // [queryHeads]; -inf when nothing is attended
@@ -208,6 +220,60 @@ export interface HostMemcpyResult {
   gbPerS: number; // bytes copied per second / 1e9 (each byte is read once and written once)
 }
 
+/** A byte offset inside a device arena (cudaArenaCreate); device pointers never reach JS. */
+export interface DevRef {
+  devHandle: number;
+  devOffset: number;
+}
+
+/** Live device-tier objects of this process: for leak checks. All zeros without a GPU. */
+export interface CudaArenaTotals {
+  count: number; // device arenas still allocated (freed ones stay until a synchronize sees their last use)
+  bytes: number;
+  streams: number; // created by cudaStreamCreate, not destroyed (the default stream 0 is not counted)
+  events: number;
+  stagingBytes: number; // device bytes of cudaKvGather's index staging pool, outside every arena
+}
+
+/** Async copy between a host arena range and a device arena range on a stream (0 or absent: kvoff's default stream). */
+export interface CudaHostCopyOptions {
+  hostHandle: number;
+  hostOffset: number;
+  devHandle: number;
+  devOffset: number;
+  bytes: number;
+  stream?: number;
+}
+
+/**
+ * Zero-copy gather of (token, head) units from a pinned, mapped host KV region (a HostArena created with a
+ * usable GPU: method 'cudaHostRegister') into a device arena, one kernel launch on `stream`. The same
+ * fields and result layout as kvGather (reference: gatherRef). With unitTokens u > 1, positions (and
+ * dstSlots) come in groups of u consecutive tokens inside one block, each group fetched as one
+ * contiguous u * 4 * headDim-byte unit. Returns the number of units launched.
+ */
+export interface CudaKvGatherOptions extends KvRegion {
+  blockIds: Int32Array; // the sequence's block table (logical -> physical)
+  kvHeads: Int32Array; // [nh]
+  n: number; // tokens per head, a multiple of unitTokens
+  positions: Int32Array; // [nh, n] logical token positions
+  unitTokens?: number; // 1 (default) .. blockSize
+  dstSlots?: Int32Array; // [nh, n] distinct slots per head in dst
+  dstCapacity?: number; // slots per head in dst, with dstSlots
+  dst: DevRef; // [nh, n, 2 (K,V), headDim] 16-bit; [nh, dstCapacity, 2, headDim] with dstSlots
+  stream?: number;
+}
+
+/** y = W x on the GPU: W [rows, cols] bf16 row-major, x [cols] f32, y [rows] f32, f32 accumulation (reference: gemvBf16Ref). */
+export interface CudaGemvBf16Options {
+  w: DevRef; // [rows, cols] bf16, 2-byte aligned (16-byte aligned with cols % 8 == 0 for the fast path)
+  rows: number;
+  cols: number;
+  x: DevRef; // [cols] f32, 4-byte aligned (16 for the fast path)
+  y: DevRef; // [rows] f32; may not overlap w or x
+  stream?: number;
+}
+
 export interface NativeAddon {
   arenaCreate(o: { bytes: number; pin?: boolean }): ArenaCreateResult;
   arenaFree(o: { handle: number }): void;
@@ -220,6 +286,7 @@ export interface NativeAddon {
   kvScores(o: KvScoresOptions): void;
   kvColumnScores(o: KvColumnScoresOptions): void;
   pageBounds(o: PageBoundsOptions): void;
+  partialKeyScores(o: PartialKeyScoresOptions): void;
   /** Returns the number of memcpy runs it made. */
   kvGather(o: KvGatherOptions): number;
   /** The same copy on the libuv thread pool, overlapping with compute; resolves with the run count. */
@@ -238,6 +305,34 @@ export interface NativeAddon {
   /** Pinned (cudaHostAlloc) H2D and D2H cudaMemcpyAsync timed with events; resolves ok=false with a reason rather than rejecting. */
   cudaBandwidth(o: { bytes: number; iterations?: number; device?: number }): Promise<CudaBandwidthResult>;
   hostMemcpyBandwidth(o: { bytes: number; threads: number; iterations?: number }): Promise<HostMemcpyResult>;
+  // ---- Device tier (CUDA). Without a usable GPU every entry below but cudaArenaTotals throws
+  // KvoffDeviceError ("no usable GPU" / "CUDA not built", with the reason), after checking its arguments.
+  /** cudaMalloc'd device memory (never managed); KvoffCapacityError with needed and free bytes when it does not fit. Contents undefined. */
+  cudaArenaCreate(o: { bytes: number }): { handle: number; bytes: number };
+  /** The memory is released once no enqueued work still uses it (after a synchronize of the streams that did). */
+  cudaArenaFree(o: { handle: number }): void;
+  /** Synchronous, for tests and setup; does not wait for kvoff's streams: synchronize them first. */
+  cudaArenaWrite(o: { handle: number; offset: number; data: Uint8Array }): void;
+  cudaArenaRead(o: { handle: number; offset: number; bytes: number }): Uint8Array;
+  cudaArenaTotals(): CudaArenaTotals;
+  cudaCopyH2D(o: CudaHostCopyOptions): void;
+  cudaCopyD2H(o: CudaHostCopyOptions): void;
+  cudaCopyD2D(o: { src: DevRef; dst: DevRef; bytes: number; stream?: number }): void;
+  /** A non-blocking stream; 0 is kvoff's default stream, always there. */
+  cudaStreamCreate(): number;
+  /** Waits (blocking) for the stream's work, then destroys it. */
+  cudaStreamDestroy(o: { stream: number }): void;
+  /** Resolves when all work enqueued so far on the stream has finished; rejects with KvoffDeviceError if it failed. Never blocks a thread. */
+  cudaStreamSynchronize(o: { stream?: number }): Promise<void>;
+  /** Records a new event on the stream and returns its handle (free it with cudaEventFree). */
+  cudaEventRecord(o: { stream?: number; timing?: boolean }): number;
+  /** Work enqueued on `stream` after this call waits for `event`. */
+  cudaStreamWaitEvent(o: { stream?: number; event: number }): void;
+  /** Milliseconds between two completed events recorded with timing: true. */
+  cudaEventElapsedMs(o: { start: number; end: number }): number;
+  cudaEventFree(o: { event: number }): void;
+  cudaKvGather(o: CudaKvGatherOptions): number;
+  cudaGemvBf16(o: CudaGemvBf16Options): void;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

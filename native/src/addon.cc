@@ -134,6 +134,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_cuda_ops(env, exports);
   register_retrieval_ops(env, exports);
   register_kv_scores_ops(env, exports);
+  register_cuda_device_ops(env, exports);
+  register_cuda_kernel_ops(env, exports);
+  register_partial_key_scores_ops(env, exports);
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   return exports;

@@ -13,4 +13,7 @@ void register_host_memcpy_ops(Napi::Env env, Napi::Object exports);
 void register_cuda_ops(Napi::Env env, Napi::Object exports);
 void register_retrieval_ops(Napi::Env env, Napi::Object exports);
 void register_kv_scores_ops(Napi::Env env, Napi::Object exports);
+void register_cuda_device_ops(Napi::Env env, Napi::Object exports);
+void register_cuda_kernel_ops(Napi::Env env, Napi::Object exports);
+void register_partial_key_scores_ops(Napi::Env env, Napi::Object exports);
 }  // namespace kvoff

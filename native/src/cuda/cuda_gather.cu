@@ -1,0 +1,34 @@
+// Zero-copy hot-set gather kernel: (token, head) units read straight from pinned, mapped host KV memory
+// over PCIe into device-arena rows, one launch per call (DESIGN §1 step 4).
+#include "cuda/cuda_kernels.cuh"
+
+namespace kvoff {
+namespace {
+
+template <typename V>
+__global__ void __launch_bounds__(kGatherThreads) kv_gather_kernel(GatherParams p) {
+  gather_thread<V>(p, blockIdx.x, threadIdx.x, blockDim.x);
+}
+
+template <typename V>
+cudaError_t launch(const GatherParams& p, cudaStream_t stream) {
+  const uint64_t total = static_cast<uint64_t>(p.units) * (p.unitBytes / sizeof(V));
+  if (total == 0) return cudaSuccess;
+  const uint64_t perBlock = static_cast<uint64_t>(kGatherThreads) * kGatherIlp;
+  const unsigned blocks = static_cast<unsigned>((total + perBlock - 1) / perBlock);
+  kv_gather_kernel<V><<<blocks, kGatherThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_kv_gather(const GatherParams& p, int vecBytes, cudaStream_t stream) {
+  switch (vecBytes) {
+    case 16: return launch<uint4>(p, stream);
+    case 8: return launch<uint2>(p, stream);
+    case 4: return launch<unsigned int>(p, stream);
+    default: return launch<unsigned short>(p, stream);
+  }
+}
+
+}  // namespace kvoff

@@ -1,0 +1,49 @@
+// Registry types shared by the CUDA translation units (cuda_device.cu, cuda_calls.cu); CUDA types allowed.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda/cuda_device.h"
+
+namespace kvoff {
+namespace cudadev {
+
+struct DevArena {
+  void* ptr = nullptr;
+  uint64_t bytes = 0;
+  ~DevArena();
+};
+
+// Host and device arenas that enqueued work touches, kept alive until the work is known to be done.
+using Keep = std::vector<std::shared_ptr<void>>;
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  uint64_t ticket = 0;                              // holders handed out so far
+  std::deque<std::pair<uint64_t, Keep>> pending;    // (ticket, holders), oldest first
+  ~Stream();
+};
+
+struct Event {
+  cudaEvent_t e = nullptr;
+  bool timing = false;
+  ~Event();
+};
+
+CudaStatus failed(const std::string& what, int err);
+CudaStatus status_of(CudaFail fail, const std::string& message);
+CudaStatus unavailable();
+CudaStatus gone(const char* what, uint32_t handle);
+std::shared_ptr<DevArena> find_arena(uint32_t handle);
+std::shared_ptr<Stream> find_stream(uint32_t handle);  // creates stream 0 on first use
+void hold(Stream& st, Keep keep);
+uint64_t staging_bytes();
+
+}  // namespace cudadev
+}  // namespace kvoff
