@@ -25,6 +25,11 @@ export interface DecodeAttention {
   onPrefillQueries?(layer: number, start: number, q: Float32Array): void;
   /** The prompt is in the cache: one-shot selection or compression happens here. */
   onPrefillEnd?(cache: HostKvCache, seq: number): void;
+  /**
+   * A decode step's hidden state entering `layer` (the residual stream, before its pre-attention): hidden [hiddenSize]
+   * of the token at `pos`. Real rows only. InfiniGen speculates the next layer's selection from it.
+   */
+  onLayerInput?(layer: number, hidden: Float32Array, pos: number): void;
   /** One decode query: q, out [numKvHeads, G, headDim]; lse [numKvHeads, G]. */
   attend(call: LayerCall, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void>;
   /** specache: the speculative query beside the real one; k, v [numKvHeads, headDim] are its own (never stored). */

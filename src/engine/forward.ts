@@ -78,6 +78,8 @@ export async function decodeStep(ctx: ForwardContext, rows: DecodeRow[]): Promis
   const slots = rows.map((r) => (r.speculative ? null : kv.cache.reserve(r.seq.id, 1)));
   for (let l = 0; l < c.numLayers; l++) {
     signal?.throwIfAborted();
+    // Before the layer's own compute, so what a policy starts from its input (a prefetch) overlaps that compute.
+    for (let i = 0; i < R; i++) if (!rows[i].speculative) rows[i].seq.attn?.onLayerInput?.(l, hidden.subarray(i * c.hiddenSize, (i + 1) * c.hiddenSize), rows[i].pos);
     let t0 = performance.now();
     const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [R, numHeads, headDim]; k, v [R, numKvHeads, headDim]
     stats.deviceMs += performance.now() - t0;

@@ -10,6 +10,7 @@ import { tovaPolicy } from './tova.js';
 import { snapkvPolicy } from './snapkv.js';
 import { pyramidPolicy } from './pyramid.js';
 import { fastgenPolicy } from './fastgen.js';
+import { infinigenPolicy } from './infinigen.js';
 
 export const BASELINE_POLICIES: PolicySpec[] = [
   kiviPolicy,
@@ -22,4 +23,5 @@ export const BASELINE_POLICIES: PolicySpec[] = [
   snapkvPolicy,
   pyramidPolicy,
   fastgenPolicy,
+  infinigenPolicy,
 ];
