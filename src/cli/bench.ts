@@ -69,7 +69,7 @@ export function budgetList(text: string | undefined): (string | null)[] {
   });
 }
 
-function checkOutputPath(flag: string, path: string | undefined, ext?: string): void {
+export function checkOutputPath(flag: string, path: string | undefined, ext?: string): void {
   if (path === undefined) return;
   if (ext && !path.toLowerCase().endsWith(ext)) throw new KvoffArgumentError(flag, `a file name ending in ${ext}`, path);
   const dir = dirname(resolve(path));
@@ -121,7 +121,7 @@ function checkContexts(config: ModelConfig, contexts: number[], steps: number): 
 }
 
 /** Writes `text` to `path` through a temp file, so a failure never leaves half a file. */
-async function writeWhole(path: string, text: string): Promise<void> {
+export async function writeWhole(path: string, text: string): Promise<void> {
   const tmp = `${path}.partial-${process.pid}`;
   try {
     await writeFile(tmp, text);
@@ -145,11 +145,7 @@ export async function runBench(f: BenchFlags): Promise<void> {
   try {
     if (f.shape !== undefined) shapeDir = await writeShape(f.shape, p, f.steps, progress);
     model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
-    if (shapeDir) {
-      // The weights now live in the model's graphs: the files are not needed while the runs take the memory.
-      await rm(shapeDir, { recursive: true, force: true });
-      shapeDir = null;
-    }
+    // The weight files stay until the end: infinigen's calibration reads the model directory again.
     checkContexts(model.config, p.contexts, f.steps);
     progress.update('measuring host memory bandwidth', 0, 1);
     const machine: Machine = await measureMachine(model.backend);

@@ -3,13 +3,15 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { KvoffArgumentError } from '../errors.js';
 import { EngineOptionsSchema, zodToKvoff, type EngineOptions } from '../engine/options.js';
+import { TuneSectionSchema } from '../tune/record.js';
 
 export const TunedConfigSchema = z
   .object({
     version: z.literal(1),
     engine: EngineOptionsSchema.partial(),
+    tune: TuneSectionSchema.optional(), // what `kvoff tune` measured and predicted; checked so a damaged file is refused
   })
-  .passthrough(); // tune adds measurements and provenance beside `engine`
+  .passthrough(); // room for other tools' sections beside `engine`
 
 export function readConfigFile(path: string): EngineOptions {
   let text: string;

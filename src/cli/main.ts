@@ -9,6 +9,7 @@ import { runEvalCommand, type EvalFlags } from './eval.js';
 import { runBench, type BenchFlags } from './bench.js';
 import { SHAPE_NAMES } from '../model/shapes.js';
 import { runDoctor, type DoctorFlags } from './doctor.js';
+import { DEFAULT_TUNE_POLICIES, runTune, type TuneFlags } from './tune.js';
 
 const program = new Command();
 program.name('kvoff').description('Long-context LLM generation with the KV cache offloaded to host memory.').showHelpAfterError();
@@ -139,6 +140,24 @@ program
   .option('--cpu-threads <n>', 'CPU attention worker threads', positiveInt('--cpu-threads'))
   .action(async (opts: BenchFlags) => {
     await runBench(opts);
+  });
+
+program
+  .command('tune')
+  .description('measure this machine, predict each policy\'s decode step under a VRAM budget, confirm the best by running them, and write tuned.json')
+  .option('--model <dir>', 'model directory (default: the embedded demo model)')
+  .option('--shape <name>', `random bf16 weights of a known shape: ${SHAPE_NAMES.join(', ')}`)
+  .requiredOption('--context <n>', 'context length in tokens', positiveInt('--context'))
+  .option('--batch <n>', 'sequences decoded together', positiveInt('--batch'), 1)
+  .requiredOption('--vram-budget <size>', 'KV device budget: bytes (1.6GiB) or a percentage of the run\'s full KV (10%)')
+  .option('--out <file>', 'where to write the tuned config', 'tuned.json')
+  .option('--confirm <k>', 'run the best K settings (of distinct policies) to compare predicted with measured', nonNegativeInt('--confirm'), 3)
+  .option('--policies <list>', `comma-separated policies to consider (default: ${DEFAULT_TUNE_POLICIES.join(',')})`)
+  .option('--quick', 'small, fast measurements and short confirmation runs (noisier numbers)')
+  .option('--json', 'print the tuned config as one JSON object')
+  .addOption(backendOption())
+  .action(async (opts: TuneFlags) => {
+    await runTune(opts);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
