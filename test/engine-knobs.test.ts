@@ -69,4 +69,12 @@ describe('policy knobs', () => {
     expect((err as Error).message).toMatch(/smallest budget that works is \d+ bytes/);
     await fixed.dispose();
   }, 60_000);
+
+  it.each(['exact', 'tiered', 'specache'])('%s runs a context shorter than one key group (nothing quantized yet)', async (policy) => {
+    const engine = await createEngine(demo, { policy });
+    const got: number[] = [];
+    for await (const t of engine.generate([256, 72, 105], { maxNewTokens: 3, stopAtEos: false })) got.push(t.token);
+    expect(got).toHaveLength(3);
+    await engine.dispose();
+  });
 });

@@ -43,7 +43,9 @@ const hotCapacity = (k: SplitKnobs): number => k.sinks + k.topK + k.window + 1;
 
 /** exact only scores with the low-bit keys; tiered also attends the low-bit values of its tail. */
 function lowBitShape(s: Shape, k: SplitKnobs) {
-  return { ...s, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, keysOnly: k.mode === 'exact' };
+  // At least one key group, so a run shorter than a group still has a (never filled) low-bit section.
+  const capacityTokens = Math.max(s.capacityTokens, k.keyGroupSize);
+  return { ...s, capacityTokens, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: s.headDim, keysOnly: k.mode === 'exact' };
 }
 
 export function splitDeviceParts(s: Shape, k: SplitKnobs, alignment?: number) {
