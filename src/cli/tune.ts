@@ -38,12 +38,10 @@ export interface TuneFlags {
 }
 
 /**
- * The policies that never read the host copy back while decoding (DESIGN §2: kivi offloads nothing; the
- * eviction and merging ones drop what they do not keep). They are not offloading schemes, so the default
- * search leaves them out; --policies can still name them.
+ * By default tune searches only the lossless policies: the model ranks by speed alone, so a lossy policy
+ * would win at its cheapest knobs (top-k of 1) and answer worse. Lossy ones are opt-in with --policies.
  */
-const KEEPS_ON_DEVICE = new Set(['kivi', 'streaming', 'h2o', 'tova', 'snapkv', 'pyramid', 'kvmerger', 'fastgen']);
-export const DEFAULT_TUNE_POLICIES: PolicyName[] = POLICIES.filter((p) => !KEEPS_ON_DEVICE.has(p));
+export const DEFAULT_TUNE_POLICIES: PolicyName[] = POLICIES.filter((p) => ['dense', 'cpu', 'offload-layer', 'exact'].includes(p));
 
 const TOP_N = 10; // settings kept in tuned.json besides each policy's best
 
