@@ -77,4 +77,14 @@ describe('policy knobs', () => {
     expect(got).toHaveLength(3);
     await engine.dispose();
   });
+
+  it('a vramBudget like "25%" is that share of each run\'s full-precision KV', async () => {
+    const engine = await createEngine(demo, { policy: 'specache', vramBudget: '25%' });
+    for await (const _ of engine.generate(prompt, { maxNewTokens: 2 })) void _;
+    const full = engine.kvBytesFor(1203 + 2);
+    expect(engine.stats().deviceBytesPeak).toBeLessThanOrEqual(Math.floor(full * 0.25) + 16 * 4 * 2 * 128); // + up to one block of rounding
+    expect(engine.stats().deviceBytesPeak).toBeGreaterThan(0);
+    await engine.dispose();
+    for (const bad of ['0%', '2000%']) await expect(createEngine(demo, { policy: 'specache', vramBudget: bad })).rejects.toThrow(/percentage in \(0, 1000\] for vramBudget/);
+  }, 60_000);
 });

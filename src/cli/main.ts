@@ -78,7 +78,7 @@ program
   .option('--prompt-tokens <ids>', 'prompt as comma-separated token ids (no tokenizer needed)')
   .option('--max-new-tokens <n>', 'tokens to generate', nonNegativeInt('--max-new-tokens'), 64)
   .option('--policy <policy>', `KV policy: ${POLICIES.join(', ')} (see DESIGN.md section 2)`)
-  .option('--vram-budget <bytes>', 'cap on the KV device tier, e.g. 2GiB, 160KiB or a byte count')
+  .option('--vram-budget <bytes>', 'cap on the KV device tier: 2GiB, 160KiB, a byte count, or a share of the run\'s full KV like 10%')
   .addOption(backendOption())
   .option('--config <file>', 'engine settings from a tuned.json (kvoff tune)')
   .option('--json', 'print one JSON object: {tokens, text, stats}')

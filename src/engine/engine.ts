@@ -122,7 +122,11 @@ export class Engine {
     // Each sequence owns the blocks past the full ones it shares (a shared partial block is copied on write).
     const numBlocks = totals.reduce((n, total, i) => n + Math.ceil(total / bs) - Math.floor(sharing[i].shared / bs), 0);
     const spec = POLICY_SPECS[this.options.policy]!;
-    const kv = RunKv.open(spec, this.#cacheShape(numBlocks * bs), c.numHeads / c.numKvHeads, totals, this.options.vramBudget, this.options.knobs, { model: this.#model });
+    const shape = this.#cacheShape(numBlocks * bs);
+    // A share of the run's own full-precision KV (what dense would hold), e.g. "10%".
+    const pct = this.options.vramBudgetPercent;
+    const budget = pct === null ? this.options.vramBudget : Math.floor((HostKvCache.bytesFor(shape) * pct) / 100);
+    const kv = RunKv.open(spec, shape, c.numHeads / c.numKvHeads, totals, budget, this.options.knobs, { model: this.#model });
     this.#lastKnobs = kv.knobs;
     // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
     // signal; an internal controller, following the caller's, carries them all.

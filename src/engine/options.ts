@@ -41,7 +41,8 @@ export interface EngineOptions {
 
 export interface ResolvedEngineOptions {
   policy: PolicyName;
-  vramBudget: number; // bytes; Infinity when not capped
+  vramBudget: number; // bytes; Infinity when not capped (or given as a share: see vramBudgetPercent)
+  vramBudgetPercent: number | null; // "10%": that share of each run's full-precision KV bytes
   cpuThreads: number | undefined;
   blockSize: number;
   kvDtype: 'f16' | 'bf16';
@@ -64,6 +65,16 @@ export function zodToKvoff(err: z.ZodError, prefix: string, input: unknown): Kvo
   return new KvoffArgumentError(field, expected, received);
 }
 
+/** "10%" → 10; anything else → null (a byte size, checked by parseBytes). */
+function percentOf(v: string | number): number | null {
+  if (typeof v !== 'string') return null;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(v);
+  if (!m) return null;
+  const p = Number(m[1]);
+  if (!(p > 0 && p <= 1000)) throw new KvoffArgumentError('vramBudget', 'a percentage in (0, 1000]', v);
+  return p;
+}
+
 export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
   const r = EngineOptionsSchema.safeParse(input ?? {});
   if (!r.success) throw zodToKvoff(r.error, 'engine options', input);
@@ -82,7 +93,8 @@ export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
   return {
     knobs: k.data as Knobs,
     policy: o.policy,
-    vramBudget: o.vramBudget === undefined ? Infinity : parseBytes(o.vramBudget, 'vramBudget'),
+    vramBudget: o.vramBudget === undefined || percentOf(o.vramBudget) !== null ? Infinity : parseBytes(o.vramBudget, 'vramBudget'),
+    vramBudgetPercent: o.vramBudget === undefined ? null : percentOf(o.vramBudget),
     cpuThreads: o.cpuThreads,
     blockSize: o.blockSize,
     kvDtype: o.kvDtype,
