@@ -82,7 +82,7 @@ export interface PageBoundsOptions {
   headDim: number;
   numPages: number;
   q: Float32Array | ArenaRef; // [queryHeads, headDim]
-  meta: Float32Array | ArenaRef; // [numPages, 2 (min, max), headDim]
+  meta: Uint16Array | ArenaRef; // [numPages, 2 (min, max), headDim] fp16 bits: min rounded down, max up
   out: Float32Array | ArenaRef; // [numPages] max_g sum_i max(q_gi * min_i, q_gi * max_i)
 }
 

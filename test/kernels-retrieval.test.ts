@@ -5,6 +5,7 @@ import { HostArena } from '../src/arena.js';
 import { native, type KvDtype } from '../src/native.js';
 import { appendRef, blockBytes, type PagedShape } from '../src/kernels/paged-kv.js';
 import { kvColumnScoresRef, pageBoundsRef } from '../src/kernels/retrieval.js';
+import { boundsToHalf } from '../src/policies/quest-pages.js';
 import { KvoffArgumentError, KvoffRangeError } from '../src/errors.js';
 import { randn, rng, shuffled, worstRatio } from './helpers.js';
 
@@ -93,7 +94,7 @@ describe('kvColumnScores', () => {
 });
 
 describe('pageBounds', () => {
-  function metaOf(keys: Float32Array, n: number, D: number, pageSize: number): Float32Array {
+  function metaOf(keys: Float32Array, n: number, D: number, pageSize: number): Uint16Array {
     const P = Math.ceil(n / pageSize);
     const meta = new Float32Array(P * 2 * D); // [P, 2, D]
     for (let p = 0; p < P; p++)
@@ -106,7 +107,7 @@ describe('pageBounds', () => {
         meta[p * 2 * D + i] = lo;
         meta[(p * 2 + 1) * D + i] = hi;
       }
-    return meta;
+    return boundsToHalf(meta, D); // fp16, min rounded down and max up: still a range of every key
   }
 
   it.each([
@@ -115,6 +116,7 @@ describe('pageBounds', () => {
     [8, 128, 100, 7, 1],
     [4, 24, 5, 16, 1e4],
     [1, 16, 50, 1, 1e-20],
+    [2, 32, 40, 16, 1e6], // beyond fp16's range: the stored ends become infinite, the bound still holds
   ])('matches the reference and bounds every key of the page (G=%i, D=%i, n=%i, page %i, magnitude %s)', (G, D, n, pageSize, mag) => {
     const r = rng(G * 1000 + n);
     const keys = randn(n * D, r, mag);
@@ -137,7 +139,7 @@ describe('pageBounds', () => {
 
   it('reads its metadata from an arena (the device tier) and refuses a short buffer', () => {
     const D = 8, P = 3, G = 2;
-    const meta = new Float32Array(P * 2 * D).map((_, i) => (i % (2 * D) < D ? -1 : 1) * ((i % 5) + 1));
+    const meta = boundsToHalf(new Float32Array(P * 2 * D).map((_, i) => (i % (2 * D) < D ? -1 : 1) * ((i % 5) + 1)), D);
     const arena = new HostArena(meta.byteLength + 64);
     arenas.push(arena);
     arena.write(64, meta);

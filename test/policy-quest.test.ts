@@ -1,10 +1,11 @@
 // Quest's page rules on hand-made keys: page bounds folded as tokens arrive, the upper bound they give, and which
 // pages a query picks (GQA: the max over the group's query heads).
 import { describe, expect, it } from 'vitest';
+import { f16ToF32 } from '../src/kernels/half.js';
 import { pageBoundsRef } from '../src/kernels/retrieval.js';
 import { native } from '../src/native.js';
 import { QUEST_DEFAULTS, questPolicy } from '../src/policies/quest.js';
-import { choosePages, foldPageBounds, questSlots } from '../src/policies/quest-pages.js';
+import { boundsToHalf, choosePages, foldPageBounds, questSlots } from '../src/policies/quest-pages.js';
 import { randn, rng } from './helpers.js';
 
 /** Keys [n, H, D] -> per-page [P, 2, D] min/max of head h, all at once. */
@@ -53,7 +54,7 @@ describe('page bound and choice', () => {
   for (let t = 0; t < n; t++) keys.set([0.1 * (t % 3), -0.1 * (t % 2)], t * D);
   keys.set([3, 0], 9 * D); // page 2
   keys.set([0, 5], 13 * D); // page 3
-  const meta = boundsAtOnce(keys, n, 1, D, 0, pageSize);
+  const meta = boundsToHalf(boundsAtOnce(keys, n, 1, D, 0, pageSize), D); // as stored: fp16, min down, max up
 
   it('the bound covers every key of its page and ranks the needle page first', () => {
     const q = Float32Array.of(1, -0.5);
@@ -103,3 +104,23 @@ describe('quest knobs and fit', () => {
     expect(questPolicy.knobs.safeParse({ pages: 1.5 }).success).toBe(false);
   });
 });
+
+describe('page metadata in fp16', () => {
+  it('rounds each min down and each max up, to the nearest fp16 on that side, so the range still holds its keys', () => {
+    const D = 3;
+    const rows = Float32Array.of(0.1, -0.1, 1e-9, 0.1, -0.1, 1e-9, 1e6, -1e6, 0, 1e6, -1e6, 0); // [pages 2, 2, D]
+    const half = boundsToHalf(rows, D);
+    for (let i = 0; i < rows.length; i++) {
+      const isMax = Math.floor(i / D) % 2 === 1;
+      const v = f16ToF32(half[i]);
+      if (isMax) expect(v, `max ${i}`).toBeGreaterThanOrEqual(rows[i]);
+      else expect(v, `min ${i}`).toBeLessThanOrEqual(rows[i]);
+      // Tight: one fp16 step toward the value would cross it (exact values stay as they are).
+      if (v !== rows[i] && Math.abs(rows[i]) <= 65504) expect(Math.abs(v - rows[i])).toBeLessThan(Math.abs(v) * 2 ** -9 + 2 ** -24);
+    }
+    expect(f16ToF32(half[6])).toBe(65504); // a min of 1e6 rounds down to the largest fp16
+    expect(f16ToF32(half[9])).toBe(Infinity); // a max beyond the range becomes +inf
+    expect(f16ToF32(half[10])).toBe(-65504);
+  });
+});
+

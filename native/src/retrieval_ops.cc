@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "args.h"
+#include "half.h"
 #include "ops.h"
 
 namespace kvoff {
@@ -91,16 +92,19 @@ Napi::Value PageBounds(const Napi::CallbackInfo& info) {
   const size_t D = static_cast<size_t>(a.integer("headDim", 1, 1 << 16));
   const size_t P = static_cast<size_t>(a.integer("numPages", 0, 1LL << 31));
   auto q = a.f32("q", mul_checked(a, "q", G, D));                                    // [G, D]
-  auto meta = a.f32("meta", mul_checked(a, "meta", mul_checked(a, "meta", P, 2), D));  // [P, 2 (min, max), D]
+  auto meta = a.u16("meta", mul_checked(a, "meta", mul_checked(a, "meta", P, 2), D));  // [P, 2 (min, max), D] fp16
   auto out = a.f32("out", P);                                                        // [P]
   for (size_t p = 0; p < P; ++p) {
-    const float* lo = meta.data + p * 2 * D;
-    const float* hi = lo + D;
+    const uint16_t* lo = meta.data + p * 2 * D;
+    const uint16_t* hi = lo + D;
     float best = -INFINITY;
     for (size_t g = 0; g < G; ++g) {
       const float* qg = q.data + g * D;
       float s = 0.f;
-      for (size_t i = 0; i < D; ++i) s += std::max(qg[i] * lo[i], qg[i] * hi[i]);
+      for (size_t i = 0; i < D; ++i) {
+        if (qg[i] == 0.f) continue;  // 0 * an infinite range end would be NaN; the channel adds nothing
+        s += std::max(qg[i] * f16_to_f32(lo[i]), qg[i] * f16_to_f32(hi[i]));
+      }
       best = std::max(best, s);
     }
     out.data[p] = best;

@@ -1,5 +1,5 @@
 // References for the native retrieval kernels (fp64 math): kvColumnScores (SparQ) and pageBounds (Quest).
-import { fromHalf } from './half.js';
+import { f16ToF32, fromHalf } from './half.js';
 import { rowIndex, type PagedShape } from './paged-kv.js';
 
 export interface ColumnScoresRefArgs {
@@ -29,15 +29,19 @@ export function kvColumnScoresRef(s: PagedShape, region: Uint16Array, a: ColumnS
 
 /**
  * Per page, the upper bound of q . k over the keys inside it: sum_i max(q_i min_i, q_i max_i), max over the G
- * query heads. q [G, D]; meta [numPages, 2 (min, max), D] -> [numPages].
+ * query heads. q [G, D]; meta [numPages, 2 (min, max), D] of fp16 bits -> [numPages]. A channel with q_i = 0
+ * adds nothing (also when its range is infinite).
  */
-export function pageBoundsRef(q: Float32Array, meta: Float32Array, G: number, D: number, numPages: number): Float64Array {
+export function pageBoundsRef(q: Float32Array, meta: Uint16Array, G: number, D: number, numPages: number): Float64Array {
   const out = new Float64Array(numPages);
   for (let p = 0; p < numPages; p++) {
     let best = -Infinity;
     for (let g = 0; g < G; g++) {
       let s = 0;
-      for (let i = 0; i < D; i++) s += Math.max(q[g * D + i] * meta[(p * 2) * D + i], q[g * D + i] * meta[(p * 2 + 1) * D + i]);
+      for (let i = 0; i < D; i++) {
+        const qi = q[g * D + i];
+        if (qi !== 0) s += Math.max(qi * f16ToF32(meta[p * 2 * D + i]), qi * f16ToF32(meta[(p * 2 + 1) * D + i]));
+      }
       best = Math.max(best, s);
     }
     out[p] = best;

@@ -1,5 +1,6 @@
 // Quest's rules, free of memory plumbing: per-page key bounds as tokens arrive, and which tokens a decode step
 // attends given each page's upper-bound score.
+import { f16ToF32, f32ToF16 } from '../kernels/half.js';
 
 /**
  * Folds the keys of positions [start, start + T) of one head into per-page min/max rows. k: [T, numKvHeads,
@@ -65,4 +66,30 @@ export function choosePages(bounds: Float32Array, n: number, c: PageChoice): Int
 /** Slots per (layer, KV head) the chosen tokens can take, at most the sequence's capacity. */
 export function questSlots(c: PageChoice, capacityTokens: number): number {
   return Math.min(capacityTokens, c.sinks + (c.pages + c.recentPages) * c.pageSize);
+}
+
+/** The fp16 value next below (dir -1) or above (dir +1) the fp16 `h`: one step along the number line. */
+function stepHalf(h: number, dir: -1 | 1): number {
+  if (h === 0x0000 || h === 0x8000) return dir > 0 ? 0x0001 : 0x8001; // either zero: to the smallest subnormal
+  const negative = (h & 0x8000) !== 0;
+  return negative === (dir > 0) ? h - 1 : h + 1; // away from zero on the side we move to, toward it otherwise
+}
+
+/**
+ * Page rows [pages, 2 (min, max), D] as fp16 bits, each min rounded down and each max rounded up, so the stored
+ * range still holds every key and the bound stays an upper bound (Quest's guarantee). Beyond fp16's range a
+ * min becomes -inf and a max +inf (still bounds; pageBounds skips q_i = 0 so 0 * inf adds nothing).
+ */
+export function boundsToHalf(rows: Float32Array, D: number): Uint16Array {
+  const out = new Uint16Array(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const isMax = Math.floor(i / D) % 2 === 1;
+    const x = rows[i];
+    let h = f32ToF16(x);
+    const back = f16ToF32(h);
+    if (!isMax && back > x) h = stepHalf(h, -1);
+    if (isMax && back < x) h = stepHalf(h, 1);
+    out[i] = h;
+  }
+  return out;
 }

@@ -11,14 +11,14 @@ import { HotSet } from '../engine/hot-set.js';
 import type { Knobs, PolicySpec, SeqShape } from '../engine/policies.js';
 import { native } from '../native.js';
 import { halvingsTo, largestFitting, tierBytes } from './budget-fit.js';
-import { choosePages, foldPageBounds, questSlots, type PageChoice } from './quest-pages.js';
+import { boundsToHalf, choosePages, foldPageBounds, questSlots, type PageChoice } from './quest-pages.js';
 
 export const QUEST_DEFAULTS: PageChoice = { pageSize: 16, pages: 32, recentPages: 1, sinks: 4 };
 
 const maxPages = (s: SeqShape, c: PageChoice): number => Math.ceil(s.capacityTokens / c.pageSize);
 
-/** Bytes of one (layer, head)'s page metadata: [maxPages, 2 (min, max), headDim] of f32. */
-const metaBytesPerHead = (s: SeqShape, c: PageChoice): number => maxPages(s, c) * 2 * s.headDim * 4;
+/** Bytes of one (layer, head)'s page metadata: [maxPages, 2 (min, max), headDim] of fp16 (min rounded down, max up). */
+const metaBytesPerHead = (s: SeqShape, c: PageChoice): number => maxPages(s, c) * 2 * s.headDim * 2;
 
 export function questDeviceParts(s: SeqShape, c: PageChoice): TierPart[] {
   return [
@@ -31,7 +31,7 @@ export class QuestAttention implements DecodeAttention {
   readonly #c: PageChoice;
   readonly #s: SeqShape;
   readonly #tier: HostDeviceTier;
-  readonly #meta: TierBuffer; // [numLayers, numKvHeads, maxPages, 2 (min, max), headDim] of f32
+  readonly #meta: TierBuffer; // [numLayers, numKvHeads, maxPages, 2 (min, max), headDim] of fp16
   readonly #open: Float32Array[]; // [numLayers * numKvHeads] each [2, headDim]: the newest page's row, as last written
   readonly #hot: HotSet;
 
@@ -59,8 +59,9 @@ export class QuestAttention implements DecodeAttention {
     for (let h = 0; h < H; h++) {
       const { firstPage, rows } = foldPageBounds(k, H, D, h, start, this.#c.pageSize, this.#open[layer * H + h]);
       if (rows.length === 0) continue;
-      const data = new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength);
-      native().arenaWrite({ handle: this.#meta.ref.handle, offset: this.#metaOffset(layer, h) + firstPage * 2 * D * 4, data });
+      const half = boundsToHalf(rows, D);
+      const data = new Uint8Array(half.buffer, half.byteOffset, half.byteLength);
+      native().arenaWrite({ handle: this.#meta.ref.handle, offset: this.#metaOffset(layer, h) + firstPage * 2 * D * 2, data });
     }
   }
 
