@@ -6,6 +6,7 @@ import type { TierPart } from '../device/tier-allocator.js';
 import type { KvDtype } from '../native.js';
 import type { DecodeAttention } from './decode-attention.js';
 import type { Model } from '../model/model.js';
+import { halvingsTo } from '../policies/budget-fit.js';
 import { BASELINE_POLICIES } from '../policies/registry.js';
 import type { PolicyName } from './options.js';
 import { EXACT_DEFAULTS, SPECACHE_DEFAULTS, SplitAttention, TIERED_DEFAULTS, splitDeviceParts, type SplitKnobs } from './split-attention.js';
@@ -65,13 +66,6 @@ const splitKnobs = {
   keyGroupSize: z.literal([32, 64]),
 };
 
-/** Halvings of k down to 8 (or k itself when smaller): the hot-set sizes to try. */
-function halvings(k: number): number[] {
-  const out = [k];
-  while (out[out.length - 1] > 8) out.push(Math.max(8, out[out.length - 1] >> 1));
-  return out;
-}
-
 /**
  * Under a budget, a split policy first gives up precision of the low-bit copy (it is the bulk at long context),
  * then coarser key groups (less metadata), then hot-set size.
@@ -79,7 +73,7 @@ function halvings(k: number): number[] {
 function splitCandidates(defaults: SplitKnobs, given: Knobs): Knobs[] {
   const bitsList = given.bits !== undefined ? [given.bits] : [4, 2, 1].filter((b) => b <= defaults.bits);
   const groups = given.keyGroupSize !== undefined ? [given.keyGroupSize] : [32, 64];
-  const topKs = given.topK !== undefined ? [given.topK] : halvings(defaults.topK);
+  const topKs = given.topK !== undefined ? [given.topK] : halvingsTo(defaults.topK, 8);
   const out: Knobs[] = [];
   for (const bits of bitsList) {
     for (const keyGroupSize of groups) {

@@ -13,6 +13,7 @@ import { KvoffArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import type { DecodeAttention, LayerCall } from './decode-attention.js';
 import { HotSet } from './hot-set.js';
+import { ownTokenPart } from './own-token.js';
 import type { EngineStats } from './stats.js';
 
 export interface SplitKnobs {
@@ -166,14 +167,8 @@ export class SplitAttention implements DecodeAttention {
       native().kvAttend({ ...this.#hot.region(layer, h), blockIds: slots, numTokens: slots.length, kvHeads: Int32Array.of(0), groupSize: G, scale, q: qg, out: o, lse: l });
       this.#lowBit.attendTail(layer, h, qg, scale, positions.filter((p) => p < quantized), oPart, lPart);
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
-      // Itself: one token, so o = v and lse = the scaled score.
-      const kh = k.subarray(h * D, (h + 1) * D);
-      for (let g = 0; g < G; g++) {
-        let dot = 0;
-        for (let i = 0; i < D; i++) dot += qg[g * D + i] * kh[i];
-        lPart[g] = dot * scale;
-        oPart.set(v.subarray(h * D, (h + 1) * D), g * D);
-      }
+      // Itself: its KV is never stored, so it joins as a one-token part.
+      ownTokenPart(qg, k.subarray(h * D, (h + 1) * D), v.subarray(h * D, (h + 1) * D), G, D, scale, oPart, lPart);
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: oPart, lseB: lPart, out: o, lseOut: l });
       const guide = this.#select(layer, h, n, qg).hot;
       this.#guide[layer * H + h] = guide;

@@ -3,6 +3,7 @@
 // decode attends only the kept set plus the arriving token, and the rule decides what to forget.
 import { performance } from 'node:perf_hooks';
 import type { DecodeAttention, LayerCall } from '../engine/decode-attention.js';
+import { ownTokenPart } from '../engine/own-token.js';
 import type { HostDeviceTier } from '../device/device-tier.js';
 import { fromHalf, toHalf } from '../kernels/half.js';
 import type { HostKvCache } from '../kv/host-cache.js';
@@ -125,12 +126,7 @@ export class EvictionAttention implements DecodeAttention {
       const slots = this.#kept.usedSlots(layer, h);
       const m = slots.length;
       native().kvAttend({ ...region, blockIds: slots, numTokens: m, kvHeads: Int32Array.of(0), groupSize: G, q: qh, scale, out: o, lse: l });
-      for (let g = 0; g < G; g++) {
-        let dot = 0;
-        for (let c = 0; c < D; c++) dot += qh[g * D + c] * kNew[c];
-        selfL[g] = dot * scale;
-        selfO.set(vNew, g * D);
-      }
+      ownTokenPart(qh, kNew, vNew, G, D, scale, selfO, selfL);
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: selfO, lseB: selfL, out: o, lseOut: l });
 
       const c: Candidates = { positions: new Int32Array(m + 1), scores: new Float32Array(m + 1) };

@@ -13,6 +13,7 @@ import type { HostKvCache } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
 import { positionRange, ropeTables } from '../model/rope.js';
 import { native } from '../native.js';
+import { ownTokenPart } from '../engine/own-token.js';
 import { partialWeights, type PartialWeights } from './infinigen-calibrate.js';
 import { matVec, rmsNorm, selectPositions, skewRow, unrotate } from './infinigen-skew.js';
 
@@ -158,12 +159,7 @@ export class InfinigenAttention implements DecodeAttention {
       const l = lse.subarray(h * G, (h + 1) * G);
       const kNew = this.#newK[layer].subarray(h * D, (h + 1) * D);
       const vNew = this.#newV[layer].subarray(h * D, (h + 1) * D);
-      for (let g = 0; g < G; g++) {
-        let dot = 0;
-        for (let c = 0; c < D; c++) dot += qh[g * D + c] * kNew[c];
-        selfL[g] = dot * scale;
-        selfO.set(vNew, g * D);
-      }
+      ownTokenPart(qh, kNew, vNew, G, D, scale, selfO, selfL);
       const { slots } = this.#hot.resident(layer, h); // exactly `want` after its prefetch
       if (slots.length === 0) {
         o.set(selfO);

@@ -14,6 +14,7 @@ import { KvoffArgumentError } from '../errors.js';
 import { fromHalf, toHalf } from '../kernels/half.js';
 import type { HostKvCache } from '../kv/host-cache.js';
 import { native } from '../native.js';
+import { ownTokenPart } from '../engine/own-token.js';
 import { largestFitting, tierBytes } from './budget-fit.js';
 import { KeptSet } from './kept-set.js';
 import { cosineAt, decodeVictim, evictToBudget, mergeInto, mergePrompt } from './kvmerger-sets.js';
@@ -142,12 +143,7 @@ export class KvMergerAttention implements DecodeAttention {
       const slots = this.#kept.usedSlots(layer, h);
       const m = slots.length;
       native().kvAttend({ ...region, blockIds: slots, numTokens: m, kvHeads: Int32Array.of(0), groupSize: G, q: qh, scale, out: o, lse: l });
-      for (let g = 0; g < G; g++) {
-        let dot = 0;
-        for (let c = 0; c < D; c++) dot += qh[g * D + c] * kNew[c];
-        selfL[g] = dot * scale;
-        selfO.set(vNew, g * D);
-      }
+      ownTokenPart(qh, kNew, vNew, G, D, scale, selfO, selfL);
       native().lseMerge({ rows: G, headDim: D, oA: o, lseA: l, oB: selfO, lseB: selfL, out: o, lseOut: l });
       // H2O's score: this step's attention (mean over the group's query heads) added to each state's sum.
       const i = layer * H + h;
