@@ -1,4 +1,4 @@
-// Vector exp (Cephes-style polynomial of exp_poly.h, relative error ~1e-7) for the AVX2 and AVX-512 TUs:
+// Vector exp (Cephes-style polynomial of exp_poly.h, relative error ~1e-7) for every AVX2 and AVX-512 TU:
 // exp8 where the TU is built with AVX2+FMA, exp16 where with AVX-512F. Both give exact 0 below the f32
 // range and for -inf (masked tokens). Included inside each ISA's own namespace.
 #pragma once

@@ -8,23 +8,7 @@
 
 namespace kvoff_avx512 {
 #include "simd/with_gn.h"
-static inline __m512 exp16(__m512 x) {
-  KVOFF_EXP_CONSTS
-  const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kMinX), _CMP_GE_OQ);
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kMinX)), _mm512_set1_ps(kMaxX));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(kP0);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP1));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  p = _mm512_scalef_ps(p, n);
-  return _mm512_maskz_mov_ps(ok, p);  // exact 0 below the f32 range (and for -inf: masked tokens)
-}
+#include "simd/exp_vec.h"  // exp8 / exp16, shared with the KIVI kernels
 struct Ops {
   static constexpr int kLanes = 16;
   template <bool BF16>
