@@ -47,11 +47,9 @@ export async function forward(ctx: ForwardContext, seq: SeqKv, tokens: Int32Arra
     seq.attn?.onWrite(l, start, k, v);
     const attn = new Float32Array(T * rowQ); // [T, numHeads * headDim]; head h = kvHead * G + g, as in HF's repeat_kv
     const lse = new Float32Array(T * c.numHeads); // [T, numHeads]
-    if (T === 1 && seq.attn) await seq.attn.attend(layerCall(ctx, l, seq), q, attn, lse);
-    else {
-      seq.attn?.onPrefillQueries?.(l, start, q);
-      await attendCache(ctx, l, seq, start, q, attn, lse);
-    }
+    // Prefill is exact over the host cache for every policy (decode goes through decodeStep), chunks of one included.
+    seq.attn?.onPrefillQueries?.(l, start, q);
+    await attendCache(ctx, l, seq, start, q, attn, lse);
     t0 = performance.now();
     hidden = await runPostAttention(model.runner, c, l, attn, hidden);
     stats.deviceMs += performance.now() - t0;

@@ -130,7 +130,6 @@ export class InfinigenAttention implements DecodeAttention {
     this.#src = { cache, seq };
     const n = cache.store.numTokens(seq); // the arriving token is the last, at n - 1
     const deferred = this.#deferred[layer];
-    if (!deferred && this.#inflight[layer * H] === null) return this.#attendExact(call, q, out, lse); // a one-token prefill chunk
     if (deferred) {
       // No speculation could be issued before this layer (calibration was still running): select and fetch now.
       // Waiting for calibration is one-time setup, not copy time: it is left out of the overlap.
@@ -250,14 +249,4 @@ export class InfinigenAttention implements DecodeAttention {
     this.#writeKeys(t, from, cache.readTokens(t, seq, from, n - from).k);
   }
 
-  /** A one-token prefill chunk: exact over the host cache, like every prefill query. */
-  async #attendExact(call: LayerCall, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
-    const { layer, cache, seq, pool, groupSize, scale, stats, signal } = call;
-    const t0 = performance.now();
-    await pool.attend({
-      region: cache.region(layer), blockIds: cache.store.blockIds(seq), numTokens: cache.store.numTokens(seq),
-      kvHeads: Int32Array.from({ length: this.#s.numKvHeads }, (_, h) => h), groupSize, scale, q, out, lse,
-    }, { signal });
-    stats.cpuAttnMs += performance.now() - t0;
-  }
 }

@@ -124,7 +124,6 @@ export class KvMergerAttention implements DecodeAttention {
 
   /** q, out [numKvHeads, G, headDim]; lse [numKvHeads, G]: the kept states and the arriving token, exactly. */
   async attend(call: LayerCall, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
-    if (!this.#decoding) return this.#attendPrompt(call, q, out, lse);
     const { layer, scale, stats } = call;
     const { numKvHeads: H, groupSize: G, headDim: D } = this.#s;
     const t0 = performance.now();
@@ -204,18 +203,6 @@ export class KvMergerAttention implements DecodeAttention {
     return { k: Float32Array.from(half.subarray(0, D), (x) => fromHalf(x, dtype)), v: Float32Array.from(half.subarray(D), (x) => fromHalf(x, dtype)) };
   }
 
-  /** A one-token prefill chunk reaches attend: exact over the host cache, like every prefill query, and observed. */
-  async #attendPrompt(call: LayerCall, q: Float32Array, out: Float32Array, lse: Float32Array): Promise<void> {
-    const { layer, cache, seq, pool, groupSize, scale, stats, signal } = call;
-    const n = cache.store.numTokens(seq);
-    this.#queries?.push(layer, n - 1, q);
-    const t0 = performance.now();
-    await pool.attend({
-      region: cache.region(layer), blockIds: cache.store.blockIds(seq), numTokens: n,
-      kvHeads: Int32Array.from({ length: this.#s.numKvHeads }, (_, h) => h), groupSize, scale, q, out, lse,
-    }, { signal });
-    stats.cpuAttnMs += performance.now() - t0;
-  }
 
   async settle(): Promise<void> {}
 
