@@ -44,6 +44,9 @@
         "native/src/cuda_args.cc",
         "native/src/cuda_device_ops.cc",
         "native/src/cuda_kernel_ops.cc",
+        "native/src/cuda_model_ops.cc",
+        "native/src/cuda_attention_ops.cc",
+        "native/src/cuda_lowbit_ops.cc",
         "native/src/simd/kernels_scalar.cc",
         "native/src/simd/kivi_attend_scalar.cc",
         "native/src/simd/dispatch.cc"
@@ -52,7 +55,8 @@
         ["nvcc!=''", {
           "defines": ["KVOFF_WITH_CUDA=1"],
           "sources": ["native/src/cuda/cuda_probe.cu", "native/src/cuda/cuda_measure.cu", "native/src/cuda/cuda_device.cu",
-                      "native/src/cuda/cuda_calls.cu", "native/src/cuda/cuda_gather.cu", "native/src/cuda/cuda_gemv.cu"],
+                      "native/src/cuda/cuda_calls.cu", "native/src/cuda/cuda_gather.cu", "native/src/cuda/cuda_gemv.cu",
+                      "native/src/cuda/cuda_model.cu", "native/src/cuda/cuda_attention.cu", "native/src/cuda/cuda_lowbit.cu"],
           "include_dirs": ["<(cuda_home)/include"],
           "libraries": ["-L<(cuda_home)/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
           "rules": [{
@@ -68,7 +72,8 @@
             "process_outputs_as_sources": 1
           }]
         }, {
-          "sources": ["native/src/cuda/cuda_stub.cc"]
+          "sources": ["native/src/cuda/cuda_stub.cc", "native/src/cuda/cuda_model_stub.cc", "native/src/cuda/cuda_attention_stub.cc",
+                      "native/src/cuda/cuda_lowbit_stub.cc"]
         }]
       ]
     }

@@ -333,6 +333,9 @@ export interface NativeAddon {
   cudaEventFree(o: { event: number }): void;
   cudaKvGather(o: CudaKvGatherOptions): number;
   cudaGemvBf16(o: CudaGemvBf16Options): void;
+  // ---- model-side kernels (cuda_model_ops.cc) ----
+  // ---- attention kernels (cuda_attention_ops.cc) ----
+  // ---- low-bit kernels (cuda_lowbit_ops.cc) ----
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

@@ -136,6 +136,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_kv_scores_ops(env, exports);
   register_cuda_device_ops(env, exports);
   register_cuda_kernel_ops(env, exports);
+  register_cuda_model_ops(env, exports);
+  register_cuda_attention_ops(env, exports);
+  register_cuda_lowbit_ops(env, exports);
   register_partial_key_scores_ops(env, exports);
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));

@@ -15,5 +15,8 @@ void register_retrieval_ops(Napi::Env env, Napi::Object exports);
 void register_kv_scores_ops(Napi::Env env, Napi::Object exports);
 void register_cuda_device_ops(Napi::Env env, Napi::Object exports);
 void register_cuda_kernel_ops(Napi::Env env, Napi::Object exports);
+void register_cuda_model_ops(Napi::Env env, Napi::Object exports);
+void register_cuda_attention_ops(Napi::Env env, Napi::Object exports);
+void register_cuda_lowbit_ops(Napi::Env env, Napi::Object exports);
 void register_partial_key_scores_ops(Napi::Env env, Napi::Object exports);
 }  // namespace kvoff

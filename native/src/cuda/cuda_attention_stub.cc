@@ -1,0 +1,2 @@
+// Stand-in for cuda_attention.cu when the addon is built without nvcc: every entry answers "CUDA not built".
+#include "cuda/cuda_api.h"

@@ -1,0 +1,2 @@
+// CUDA lowbit kernels (filled in below).
+#include "cuda/cuda_kernels.cuh"

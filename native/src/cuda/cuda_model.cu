@@ -1,0 +1,2 @@
+// CUDA model kernels (filled in below).
+#include "cuda/cuda_kernels.cuh"
