@@ -274,6 +274,303 @@ export interface CudaGemvBf16Options {
   stream?: number;
 }
 
+/**
+ * cudaKvGather with the positions (a top-k's output) and the block table already in device memory: the
+ * speculative prefetch needs no host round trip. Head h's n positions land in dst slots dstSlot..dstSlot+n-1.
+ * Out-of-range positions or block ids are clamped into the region by the kernel (memory-safe). Returns units.
+ */
+export interface CudaKvGatherDeviceOptions extends KvRegion {
+  blockTable: DevRef; // int32 [tableLen] logical block -> physical block
+  tableLen: number;
+  positions: DevRef; // int32 [numKvHeads, ldPositions]
+  ldPositions?: number; // default n
+  n: number; // positions per head
+  dst: DevRef; // [numKvHeads, dstCapacity, 2, headDim] 16-bit
+  dstCapacity: number;
+  dstSlot?: number; // default 0
+  table: DevRef; // scratch: 8 * numKvHeads * n bytes
+  stream?: number;
+}
+
+// cuda model kernels
+// Model-side kernels (cuda_model_ops.cc; references in src/kernels/model-ref.ts). All are asynchronous on
+// `stream` (0 or absent: kvoff's default stream); activations f32, weights bf16, sums in f32. Shapes,
+// alignment (4 bytes for f32 and int32, 2 for bf16) and overlaps are checked before anything is enqueued.
+
+/** H2D copy of JS memory: copied into a pinned staging slot before the call returns, so `data` may be reused at once. */
+export interface CudaUploadOptions {
+  dst: DevRef; // [data.byteLength] bytes
+  data: ArrayBufferView;
+  stream?: number;
+}
+
+/** D2H copy after the stream's earlier work; resolves with a fresh copy, rejects with KvoffDeviceError if the stream failed. */
+export interface CudaDownloadOptions {
+  src: DevRef; // [bytes]
+  bytes: number; // at most 2^31
+  stream?: number;
+}
+
+/** dst[i] = u * scale with u uniform in [-1, 1) from a hash of (seed, i), rounded to dtype (reference: fillRandomRef). */
+export interface CudaFillRandomOptions {
+  dst: DevRef; // [count] of dtype
+  count: number;
+  dtype: 'f32' | 'bf16' | 'f16';
+  seed: number; // uint32
+  scale: number;
+  stream?: number;
+}
+
+/** out[r] = table[ids[r]] widened to f32 (reference: embedRef). */
+export interface CudaEmbedOptions {
+  table: DevRef; // [vocab, hidden] bf16
+  vocab: number;
+  hidden: number;
+  ids: Int32Array; // [rows], each in [0, vocab)
+  out: DevRef; // [rows, hidden] f32
+  stream?: number;
+}
+
+/** out = x / sqrt(mean(x^2) + eps) * weight per row; the sum of squares in f64, so huge activations do not overflow (reference: rmsNormRef). */
+export interface CudaRmsNormOptions {
+  x: DevRef; // [rows, n] f32
+  weight: DevRef; // [n] bf16
+  out: DevRef; // [rows, n] f32; may equal x, may not partly overlap it
+  rows: number;
+  n: number;
+  eps: number;
+  stream?: number;
+}
+
+/** HF rotate_half RoPE in place, bit-exact with ropeRef and the CPU graph (reference: ropeRef). */
+export interface CudaRopeOptions {
+  x: DevRef; // [rows, heads, headDim] f32 inside rows rowStride floats apart
+  rows: number;
+  heads: number;
+  headDim: number; // even
+  rowStride?: number; // floats between consecutive rows, >= heads * headDim (the default): q/k inside a fused qkv row
+  cos: DevRef; // [rows, headDim] f32, as ropeTables() returns
+  sin: DevRef; // [rows, headDim] f32
+  stream?: number;
+}
+
+/**
+ * y = x W^T (or y += x W^T with accumulate). m = 1: the bandwidth GEMV; m <= 16: a multi-row GEMV whose rows are
+ * bitwise the m = 1 results; m > 16: tensor cores with x rounded to bf16 (reference: gemmBf16Ref).
+ */
+export interface CudaGemmOptions {
+  w: DevRef; // [n, k] bf16 row-major
+  x: DevRef; // [m, k] f32
+  y: DevRef; // [m, n] f32; may not overlap w or x
+  m: number;
+  n: number;
+  k: number;
+  accumulate?: boolean;
+  stream?: number;
+}
+
+/** out = silu(gate) * up (reference: swigluRef). */
+export interface CudaSwiGluOptions {
+  gateUp: DevRef; // [m, 2 * inter] f32: gate then up in each row
+  out: DevRef; // [m, inter] f32; may not overlap gateUp
+  m: number;
+  inter: number;
+  stream?: number;
+}
+
+/** out = a + b, f32. */
+export interface CudaAddOptions {
+  a: DevRef; // [n] f32
+  b: DevRef; // [n] f32
+  out: DevRef; // [n] f32; may equal a or b
+  n: number;
+  stream?: number;
+}
+
+/** out[r] = argmax of row r with sampling.ts argmax semantics: first maximum, NaN skipped, NaN at index 0 gives 0 (reference: argmaxRef). */
+export interface CudaArgmaxOptions {
+  x: DevRef; // [m, n] f32
+  m: number;
+  n: number;
+  out: DevRef; // [m] int32; may not overlap x
+  stream?: number;
+}
+
+// cuda attention kernels
+
+/**
+ * A device KV region of one layer: [numKvHeads, capacity, 2 (K, V), headDim] 16-bit in a device arena, each head
+ * owning `capacity` rows of one token's K vector then V vector (cudaKvGather's dstSlots layout).
+ */
+export interface DevKvRegion {
+  kv: DevRef; // 2-byte aligned; 16-byte aligned with headDim 32/64/128/256 for the vector path
+  capacity: number;
+  numKvHeads: number;
+  headDim: number; // <= 256 for the attention kernels
+  dtype: KvDtype;
+  groupSize: number; // G query heads per KV head (GQA)
+}
+
+/** New tokens' K and V as f32 in device memory; tokens srcRowStride floats apart, so they may sit inside a fused qkv output. */
+export interface CudaKvSource {
+  k: DevRef; // [tokens, numKvHeads, headDim] f32
+  v: DevRef; // [tokens, numKvHeads, headDim] f32
+  srcRowStride?: number; // floats between consecutive tokens; default numKvHeads * headDim
+  tokens: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: KvDtype;
+  stream?: number;
+}
+
+/** Rows slot .. slot + tokens - 1 of every head of a device KV region, rounded to nearest even like kvAppend (reference: kvWriteRef). */
+export interface CudaKvWriteOptions extends CudaKvSource {
+  dst: DevRef; // [numKvHeads, capacity, 2, headDim] 16-bit; may not overlap k or v
+  capacity: number;
+  slot: number; // slot + tokens <= capacity
+}
+
+/**
+ * Zero-copy store of new tokens into the pinned host paged KV (a HostArena with method 'cudaHostRegister'): the
+ * bytes kvAppend would store for positions start .. start + tokens - 1 of the sequence whose table is blockIds.
+ */
+export interface CudaKvStoreHostOptions extends CudaKvSource, Omit<KvRegion, 'numKvHeads' | 'headDim' | 'dtype'> {
+  blockIds: Int32Array; // the sequence's block table; the entries written to must be distinct and < numBlocks
+  start: number; // position of the first token
+}
+
+/**
+ * Split-K decode attention over device KV rows: query row h * G + g attends rows [0, counts[h]) of head h
+ * (reference: decodeRef). Needs `scratch` of at least cudaAttendScratchBytes({..., maxRows}) bytes for counts <= maxRows.
+ */
+export interface CudaAttendDecodeOptions extends DevKvRegion {
+  counts: Int32Array; // [numKvHeads] rows attended per head, each in [0, capacity]; 0 gives out 0, lse -inf
+  q: DevRef; // [numKvHeads * G, headDim] f32
+  scale: number;
+  out: DevRef; // [numKvHeads * G, headDim] f32; may not overlap q, kv, lse or scratch
+  lse: DevRef; // [numKvHeads * G] f32, natural log
+  scratch: DevRef; // partials of the chunks; 4-byte aligned, its own range (two streams need two scratches)
+  scratchBytes: number;
+  numKvHeads: number; // <= 256
+  stream?: number;
+}
+
+/** LSE merge of two partials over disjoint token sets, as lseMerge, in device memory (reference: lseMergeRef). */
+export interface CudaLseMergeOptions {
+  rows: number;
+  headDim: number;
+  oA: DevRef; // [rows, headDim] f32
+  lseA: DevRef; // [rows] f32
+  oB: DevRef;
+  lseB: DevRef;
+  out: DevRef; // oA, oB, or a range disjoint from every input
+  lseOut: DevRef; // lseA, lseB, or a disjoint range
+  stream?: number;
+}
+
+/** Causal prefill attention: query t (position start + t) attends rows [0, start + t] of its KV head (reference: prefillRef). */
+export interface CudaAttendPrefillOptions extends DevKvRegion {
+  q: DevRef; // [T, numKvHeads * G, headDim] f32
+  qRowStride?: number; // floats between tokens of q; default numKvHeads * G * headDim
+  T: number;
+  start: number; // start + T <= capacity: the queries' own K/V rows are written first (cudaKvWrite)
+  scale: number;
+  out: DevRef; // [T, numKvHeads * G, headDim] f32; may not overlap q, kv or lse
+  lse: DevRef; // [T, numKvHeads * G] f32, natural log
+  stream?: number;
+}
+
+// cuda low-bit kernels
+/**
+ * The shape of one layer's device low-bit copy (see deviceLowBitLayout in src/kernels/device-lowbit-layout.ts):
+ * numKvHeads sections, each KIVI keys (per channel over keyGroupSize tokens) and values (per token over
+ * valueGroupSize channels) with fp16 zero/scale. Native re-derives the layout from these fields.
+ */
+export interface CudaLowBitShape {
+  numKvHeads: number;
+  headDim: number; // 32, 64, 128 or 256
+  bits: 1 | 2 | 4;
+  keyGroupSize: 32 | 64;
+  valueGroupSize: number; // a multiple of 8 dividing headDim
+  capacityTokens: number; // tokens per KV head, <= 2^26
+  keysOnly?: boolean;
+}
+
+/** Offsets inside one section (head h's section starts at h * sectionBytes of the layer's copy). */
+export interface CudaLowBitLayout {
+  sectionBytes: number;
+  layerBytes: number;
+  keyCodes: number;
+  keyZero: number;
+  keyScale: number;
+  valueCodes: number;
+  valueZero: number;
+  valueScale: number;
+}
+
+/**
+ * KIVI quantization of tokens [first, first + tokens) of every KV head from the device KV region into the layer's
+ * low-bit copy, bit-exact with quantizeKeysRef / quantizeValuesRef. Values: every token of the range (unless
+ * keysOnly). Keys: exactly the key groups lying wholly inside the range, [ceil(first / keyGroupSize),
+ * floor((first + tokens) / keyGroupSize)), returned as {firstKeyGroup, keyGroups}. Decode passes one token a step
+ * (values only) and, when a group completes, the group's range (its values are rewritten with identical bytes).
+ */
+export interface CudaKiviQuantizeOptions extends CudaLowBitShape {
+  kv: DevRef; // [numKvHeads, kvCapacity, 2 (K,V), headDim] f16/bf16, 16-byte aligned
+  dtype: KvDtype;
+  kvCapacity: number; // rows per KV head in kv
+  kvFirstRow: number; // kv row of token `first`; token t is row kvFirstRow + t - first (no wrap)
+  first: number; // token position in the low-bit copy
+  tokens: number; // first + tokens <= capacityTokens; tokens <= kvCapacity - kvFirstRow
+  lowBit: DevRef; // the layer's copy: layerBytes, 256-byte aligned
+  stream?: number;
+}
+
+/** out[h, t] = mean over the G query heads of q_g . dequant(K_h)_t for t < numGroups * keyGroupSize (scoreKeysRef). */
+export interface CudaKiviScoresOptions extends CudaLowBitShape {
+  lowBit: DevRef; // 256-byte aligned
+  groupSize: number; // G query heads per KV head
+  q: DevRef; // [numKvHeads * G, headDim] f32
+  numGroups: number; // quantized key groups to score, <= floor(capacityTokens / keyGroupSize)
+  out: DevRef; // [numKvHeads, ldOut] f32; only the first numGroups * keyGroupSize of each row written
+  ldOut: number; // >= numGroups * keyGroupSize
+  stream?: number;
+}
+
+/** Per row the k best of positions [first, first + n) as absolute positions, best first, ties to the lower index, NaN last (topKRef). */
+export interface CudaTopKOptions {
+  scores: DevRef; // [rows, ld] f32
+  rows: number; // <= 65535
+  ld: number;
+  first: number;
+  n: number; // 1 .. 2^20, first + n <= ld
+  k: number; // 1 .. min(n, 4096)
+  out: DevRef; // [rows, k] int32
+  mask?: DevRef; // u8 [rows, ld]: 1 at the chosen positions, 0 elsewhere
+  stream?: number;
+}
+
+/**
+ * Exact softmax attention of each KV head's G query heads over the dequantized tokens [first, end) minus the
+ * excluded ones (kiviAttendRef), flash-decoding style: chunks of 512 tokens across the GPU, then a combine.
+ * Nothing attended: out zeros, lse -inf. scratchBytes >= cudaKiviAttendScratchBytes({..., maxTokens: end - first}).
+ */
+export interface CudaKiviAttendOptions extends CudaLowBitShape {
+  lowBit: DevRef; // 256-byte aligned; not keysOnly
+  groupSize: number; // G, 1 .. 8
+  q: DevRef; // [numKvHeads * G, headDim] f32
+  scale: number; // softmax scale
+  first: number;
+  end: number; // <= floor(capacityTokens / keyGroupSize) * keyGroupSize
+  exclude?: DevRef; // u8 [numKvHeads, ldExclude], nonzero = attended elsewhere (full precision)
+  ldExclude?: number; // >= end, with exclude
+  out: DevRef; // [numKvHeads * G, headDim] f32
+  lse: DevRef; // [numKvHeads * G] f32
+  scratch: DevRef; // 16-byte aligned
+  scratchBytes: number;
+  stream?: number;
+}
+
 export interface NativeAddon {
   arenaCreate(o: { bytes: number; pin?: boolean }): ArenaCreateResult;
   arenaFree(o: { handle: number }): void;
@@ -332,10 +629,34 @@ export interface NativeAddon {
   cudaEventElapsedMs(o: { start: number; end: number }): number;
   cudaEventFree(o: { event: number }): void;
   cudaKvGather(o: CudaKvGatherOptions): number;
+  cudaKvGatherDevice(o: CudaKvGatherDeviceOptions): number;
   cudaGemvBf16(o: CudaGemvBf16Options): void;
   // ---- model-side kernels (cuda_model_ops.cc) ----
+  cudaUpload(o: CudaUploadOptions): void;
+  cudaDownload(o: CudaDownloadOptions): Promise<Uint8Array>;
+  cudaFillRandom(o: CudaFillRandomOptions): void;
+  cudaEmbed(o: CudaEmbedOptions): void;
+  cudaRmsNorm(o: CudaRmsNormOptions): void;
+  cudaRope(o: CudaRopeOptions): void;
+  cudaGemm(o: CudaGemmOptions): void;
+  cudaSwiGlu(o: CudaSwiGluOptions): void;
+  cudaAdd(o: CudaAddOptions): void;
+  cudaArgmax(o: CudaArgmaxOptions): void;
   // ---- attention kernels (cuda_attention_ops.cc) ----
+  cudaKvWrite(o: CudaKvWriteOptions): void;
+  cudaKvStoreHost(o: CudaKvStoreHostOptions): void;
+  cudaAttendDecode(o: CudaAttendDecodeOptions): void;
+  /** Scratch bytes cudaAttendDecode needs for any call with counts <= maxRows (pure arithmetic; works without a GPU). */
+  cudaAttendScratchBytes(o: { numKvHeads: number; groupSize: number; headDim: number; maxRows: number }): number;
+  cudaLseMerge(o: CudaLseMergeOptions): void;
+  cudaAttendPrefill(o: CudaAttendPrefillOptions): void;
   // ---- low-bit kernels (cuda_lowbit_ops.cc) ----
+  /** The section layout native derives from a shape (no GPU needed); equals deviceLowBitLayout(). */
+  cudaLowBitLayout(o: CudaLowBitShape): CudaLowBitLayout;
+  cudaKiviQuantize(o: CudaKiviQuantizeOptions): { firstKeyGroup: number; keyGroups: number };
+  cudaKiviScores(o: CudaKiviScoresOptions): void;
+  cudaTopK(o: CudaTopKOptions): void;
+  cudaKiviAttend(o: CudaKiviAttendOptions): void;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

@@ -43,8 +43,14 @@ const gemvArgs = { rows: 4, cols: 8, w: { devHandle: DEV, devOffset: 0 }, x: { d
 const ENTRIES = [
   'cudaArenaCreate', 'cudaArenaFree', 'cudaArenaWrite', 'cudaArenaRead', 'cudaArenaTotals', 'cudaCopyH2D', 'cudaCopyD2H', 'cudaCopyD2D',
   'cudaStreamCreate', 'cudaStreamDestroy', 'cudaStreamSynchronize', 'cudaEventRecord', 'cudaStreamWaitEvent', 'cudaEventElapsedMs',
-  'cudaEventFree', 'cudaKvGather', 'cudaGemvBf16',
+  'cudaEventFree', 'cudaKvGather', 'cudaKvGatherDevice', 'cudaGemvBf16',
 ] as const;
+
+const dref = (devOffset: number) => ({ devHandle: DEV, devOffset });
+const gatherDeviceArgs = (handle: number) => ({
+  handle, offset: 0, numBlocks: 1, numKvHeads: 1, headDim: 8, blockSize: 16, dtype: 'bf16' as const,
+  blockTable: dref(0), tableLen: 1, positions: dref(64), n: 4, dst: dref(128), dstCapacity: 4, table: dref(1024),
+});
 
 describe('CUDA device-tier surface', () => {
   it('exports every entry point, typed once in src/native.ts', () => {
@@ -76,6 +82,7 @@ describe('CUDA device-tier surface', () => {
       ['cudaEventFree', () => native().cudaEventFree({ event: 1 })],
       ['cudaKvGather', () => native().cudaKvGather(gatherArgs())],
       ['cudaGemvBf16', () => native().cudaGemvBf16(gemvArgs)],
+      ['cudaKvGatherDevice', () => native().cudaKvGatherDevice(gatherDeviceArgs(host.handle))],
     ];
     for (const [name, call] of calls) {
       const e = thrown(call);
@@ -129,6 +136,13 @@ describe('CUDA device-tier surface', () => {
     expect(() => native().cudaKvGather(gatherArgs({ positions: new Int32Array(3) }))).toThrow('Expected Int32Array(4) for cudaKvGather.positions but received Int32Array(3)');
     expect(() => native().cudaKvGather(gatherArgs({ offset: 1 }))).toThrow(/an even byte offset .* for cudaKvGather.offset but received 1/);
     expect(() => native().cudaKvGather(gatherArgs({ numBlocks: 5 }))).toThrow(/Expected the KV region .* to fit in arena/);
+    const gdHost = hostArena(4096);
+    const gd = (o: object) => native().cudaKvGatherDevice({ ...gatherDeviceArgs(gdHost.handle), ...o });
+    expect(() => gd({ dstSlot: 1 })).toThrow('Expected dstSlot + n <= dstCapacity (4) for cudaKvGatherDevice.dstSlot but received 1 + 4');
+    expect(() => gd({ ldPositions: 2 })).toThrow('Expected at least n (4) for cudaKvGatherDevice.ldPositions but received 2');
+    expect(() => gd({ offset: 1 })).toThrow(/an even byte offset .* for cudaKvGatherDevice.offset but received 1/);
+    expect(() => gd({ numBlocks: 1 << 20 })).toThrow(/Expected the KV region .* to fit in arena/);
+    expect(() => gd({ positions: undefined })).toThrow(/cudaKvGatherDevice.positions/);
     // Units of unitTokens consecutive tokens inside one block.
     expect(() => native().cudaKvGather(gatherArgs({ unitTokens: 2, n: 3, positions: Int32Array.of(0, 1, 2) })))
       .toThrow('Expected a multiple of unitTokens (2) for cudaKvGather.n but received 3');

@@ -148,6 +148,53 @@ Napi::Value CudaKvGather(const Napi::CallbackInfo& info) {
   return Napi::Number::New(a.env(), static_cast<double>(call.units));
 }
 
+// cudaKvGatherDevice: positions and block table already on the device (a top-k's output), so sizes and
+// handles are checked here and the values themselves are clamped by the kernel.
+Napi::Value CudaKvGatherDevice(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaKvGatherDevice");
+  GatherDeviceCall c;
+  c.host = a.arena("handle");
+  c.numBlocks = static_cast<uint32_t>(a.integer("numBlocks", 1, 1 << 30));
+  c.numKvHeads = static_cast<uint32_t>(a.integer("numKvHeads", 1, 1024));
+  const uint32_t headDim = static_cast<uint32_t>(a.integer("headDim", 1, 1024));
+  c.blockSize = static_cast<uint32_t>(a.integer("blockSize", 1, 1 << 30));
+  a.dtype("dtype");
+  c.rowBytes = headDim * 4;  // K and V rows of one token-head: [2, headDim] 16-bit
+  c.regionOffset = static_cast<uint64_t>(a.integer("offset", 0, kMaxSafe));
+  if (c.regionOffset % 2 != 0) a.fail("offset", "an even byte offset (the region holds 16-bit values)", std::to_string(c.regionOffset));
+  const uint64_t regionRows = static_cast<uint64_t>(c.numBlocks) * c.numKvHeads * c.blockSize;
+  if (regionRows > 0xffffffffULL) a.fail("numBlocks", "a region of fewer than 2^32 rows (numBlocks * numKvHeads * blockSize)", std::to_string(regionRows));
+  const uint64_t regionBytes = regionRows * c.rowBytes;
+  if (c.regionOffset > c.host->bytes || regionBytes > c.host->bytes - c.regionOffset)
+    throw_error(a.env(), kErrRange, "Expected the KV region (offset " + std::to_string(c.regionOffset) + " + " + std::to_string(regionBytes) +
+                                        " bytes) to fit in arena of " + std::to_string(c.host->bytes) + " bytes but it runs past the end");
+  c.tableLen = static_cast<uint32_t>(a.integer("tableLen", 1, 1 << 30));
+  c.n = static_cast<uint32_t>(a.integer("n", 0, 1 << 20));
+  c.ldPositions = static_cast<uint32_t>(a.integer_or("ldPositions", 1, 1 << 30, std::max<uint32_t>(c.n, 1)));
+  if (c.ldPositions < c.n) a.fail("ldPositions", "at least n (" + std::to_string(c.n) + ")", std::to_string(c.ldPositions));
+  c.dstCapacity = static_cast<uint32_t>(a.integer("dstCapacity", 1, 1 << 30));
+  c.dstSlot = static_cast<uint32_t>(a.integer_or("dstSlot", 0, 1 << 30, 0));
+  if (static_cast<uint64_t>(c.dstSlot) + c.n > c.dstCapacity)
+    a.fail("dstSlot", "dstSlot + n <= dstCapacity (" + std::to_string(c.dstCapacity) + ")", std::to_string(c.dstSlot) + " + " + std::to_string(c.n));
+  if (static_cast<uint64_t>(c.numKvHeads) * c.dstCapacity > 0xffffffffULL) a.fail("dstCapacity", "fewer than 2^32 destination rows", std::to_string(c.dstCapacity));
+  c.blockTable = a.dev_ref("blockTable");
+  c.positions = a.dev_ref("positions");
+  c.dst = a.dev_ref("dst");
+  c.table = a.dev_ref("table");
+  c.stream = a.stream_handle("stream");
+  a.require_gpu();
+  a.require_stream("stream", c.stream);
+  if (c.host->method != PinMethod::CudaHostRegister)
+    a.fail("handle", "a host arena pinned and mapped by cudaHostRegister (created with pin: true while a GPU is usable)",
+           std::string("an arena pinned by ") + pin_method_name(c.host->method));
+  a.dev_range("blockTable", c.blockTable, static_cast<uint64_t>(c.tableLen) * 4, 4);
+  a.dev_range("positions", c.positions, (static_cast<uint64_t>(c.numKvHeads - 1) * c.ldPositions + c.n) * 4, 4);
+  a.dev_range("dst", c.dst, static_cast<uint64_t>(c.numKvHeads) * c.dstCapacity * c.rowBytes, 2);
+  a.dev_range("table", c.table, static_cast<uint64_t>(c.numKvHeads) * c.n * 8, 8);
+  a.check(cuda_kv_gather_device(c));
+  return Napi::Number::New(a.env(), static_cast<double>(c.numKvHeads) * c.n);
+}
+
 bool overlaps(const DevRef& a, uint64_t aBytes, const DevRef& b, uint64_t bBytes) {
   return a.handle == b.handle && a.offset < b.offset + bBytes && b.offset < a.offset + aBytes;
 }
@@ -184,6 +231,7 @@ Napi::Value CudaGemvBf16(const Napi::CallbackInfo& info) {
 
 void register_cuda_kernel_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaKvGather", Napi::Function::New(env, CudaKvGather, "cudaKvGather"));
+  exports.Set("cudaKvGatherDevice", Napi::Function::New(env, CudaKvGatherDevice, "cudaKvGatherDevice"));
   exports.Set("cudaGemvBf16", Napi::Function::New(env, CudaGemvBf16, "cudaGemvBf16"));
 }
 

@@ -4,7 +4,6 @@ import { performance } from 'node:perf_hooks';
 import type { CpuAttentionPool } from '../cpu-attention.js';
 import type { Model } from '../model/model.js';
 import { embedTokens } from '../model/onnx/builder.js';
-import { runFinal, runPostAttention, runPreAttention } from '../model/onnx/session.js';
 import { positionRange, ropeTables } from '../model/rope.js';
 import type { LayerCall } from './decode-attention.js';
 import type { RunKv, SeqKv } from './run-kv.js';
@@ -41,7 +40,7 @@ export async function forward(ctx: ForwardContext, seq: SeqKv, tokens: Int32Arra
   for (let l = 0; l < c.numLayers; l++) {
     signal?.throwIfAborted();
     let t0 = performance.now();
-    const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [T, numHeads, headDim]
+    const { q, k, v } = await model.dense.preAttention(l, hidden, cos, sin); // q [T, numHeads, headDim]
     stats.deviceMs += performance.now() - t0;
     kv.cache.write(l, slots, k, v);
     seq.attn?.onWrite(l, start, k, v);
@@ -51,11 +50,11 @@ export async function forward(ctx: ForwardContext, seq: SeqKv, tokens: Int32Arra
     seq.attn?.onPrefillQueries?.(l, start, q);
     await attendCache(ctx, l, seq, start, q, attn, lse);
     t0 = performance.now();
-    hidden = await runPostAttention(model.runner, c, l, attn, hidden);
+    hidden = await model.dense.postAttention(l, attn, hidden);
     stats.deviceMs += performance.now() - t0;
   }
   const t0 = performance.now();
-  const logits = await runFinal(model.runner, c, hidden.slice((T - 1) * c.hiddenSize)); // only the last row is sampled
+  const logits = await model.dense.final(hidden.slice((T - 1) * c.hiddenSize)); // only the last row is sampled
   stats.deviceMs += performance.now() - t0;
   return logits;
 }
@@ -79,7 +78,7 @@ export async function decodeStep(ctx: ForwardContext, rows: DecodeRow[]): Promis
     // Before the layer's own compute, so what a policy starts from its input (a prefetch) overlaps that compute.
     for (let i = 0; i < R; i++) if (!rows[i].speculative) rows[i].seq.attn?.onLayerInput?.(l, hidden.subarray(i * c.hiddenSize, (i + 1) * c.hiddenSize), rows[i].pos);
     let t0 = performance.now();
-    const { q, k, v } = await runPreAttention(model.runner, c, l, hidden, cos, sin); // q [R, numHeads, headDim]; k, v [R, numKvHeads, headDim]
+    const { q, k, v } = await model.dense.preAttention(l, hidden, cos, sin); // q [R, numHeads, headDim]; k, v [R, numKvHeads, headDim]
     stats.deviceMs += performance.now() - t0;
     const attn = new Float32Array(R * rowQ); // [R, numHeads * headDim]
     const lse = new Float32Array(R * c.numHeads); // [R, numHeads]
@@ -107,11 +106,11 @@ export async function decodeStep(ctx: ForwardContext, rows: DecodeRow[]): Promis
     for (const p of all) p.catch(() => {}); // every chain is awaited below; the first failure fails the step
     await Promise.all(all);
     t0 = performance.now();
-    hidden = await runPostAttention(model.runner, c, l, attn, hidden);
+    hidden = await model.dense.postAttention(l, attn, hidden);
     stats.deviceMs += performance.now() - t0;
   }
   const t0 = performance.now();
-  const logits = await runFinal(model.runner, c, hidden); // [R, vocab]
+  const logits = await model.dense.final(hidden); // [R, vocab]
   stats.deviceMs += performance.now() - t0;
   return logits;
 }

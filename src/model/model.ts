@@ -1,4 +1,4 @@
-// A loaded model: config, tokenizer, f32 embedding, and the dense ONNX graphs ready to run on the CPU backend.
+// A loaded model: config, tokenizer, f32 embedding, and its dense layers on the CPU backend (ONNX graphs) or the CUDA one.
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -6,6 +6,9 @@ import { KvoffDisposedError, KvoffError } from '../errors.js';
 import { native } from '../native.js';
 import { loadModelDir } from './load-dir.js';
 import { buildFinalGraph, buildPostAttentionGraph, buildPreAttentionGraph, pickFinalWeights, pickLayerWeights } from './onnx/builder.js';
+import { CudaDenseLayers } from '../cuda/cuda-dense-layers.js';
+import { uploadWeights } from '../cuda/cuda-weights.js';
+import { ortDenseLayers, type DenseLayers } from './dense-layers.js';
 import { createRunner, graphNames, type DenseRunner } from './onnx/session.js';
 import { ropeInvFreq } from './rope.js';
 import { toFloat32 } from './tensor.js';
@@ -40,11 +43,13 @@ export function demoModelDir(): string {
   throw new KvoffError('KVOFF_E_MODEL_NOT_FOUND', `Expected the embedded demo model at ${join(here, '..', 'demo-model')} but it is missing; reinstall kvoff or pass --model DIR`);
 }
 
-export function resolveBackend(asked: BackendName = 'auto'): 'cpu' {
-  if (asked === 'cpu' || asked === 'auto') return 'cpu';
+/** 'auto' is CUDA where a GPU is usable (as `kvoff doctor` reports it), else the CPU; 'cuda' without one is an error. */
+export function resolveBackend(asked: BackendName = 'auto'): 'cpu' | 'cuda' {
+  if (asked === 'cpu') return 'cpu';
   const cuda = native().buildInfo().cuda;
-  const why = cuda.deviceCount === 0 ? cuda.reason : 'the CUDA model runtime is not part of this build of kvoff yet; use --backend cpu';
-  throw new KvoffBackendError(asked, why);
+  if (cuda.deviceCount > 0) return 'cuda';
+  if (asked === 'auto') return 'cpu';
+  throw new KvoffBackendError(asked, cuda.reason);
 }
 
 export class Model {
@@ -53,15 +58,22 @@ export class Model {
     readonly dir: string,
     readonly config: ModelConfig,
     readonly tokenizer: KvoffTokenizer | null,
-    readonly backend: 'cpu',
+    readonly backend: 'cpu' | 'cuda',
     readonly embed: Float32Array, // [vocab, hidden]
     readonly invFreq: Float32Array, // [headDim / 2]
-    readonly weightBytes: number,
-    readonly runner: DenseRunner,
+    readonly weightBytes: number, // as stored; on CUDA the device holds them as bf16, outside the KV budget
+    readonly dense: DenseLayers,
+    private readonly ortRunner: DenseRunner | null,
   ) {}
 
+  /** The onnxruntime runner of the CPU backend (tests and tools that run single graphs). */
+  get runner(): DenseRunner {
+    if (this.ortRunner === null) throw new KvoffBackendError(this.backend, 'this model runs on CUDA; its onnxruntime graphs were never built');
+    return this.ortRunner;
+  }
+
   static async load(pathOrDemo: string | undefined, opts: LoadModelOptions = {}): Promise<Model> {
-    const backend = resolveBackend(opts.backend);
+    let backend = resolveBackend(opts.backend);
     const dir = pathOrDemo === undefined || pathOrDemo === 'demo' ? demoModelDir() : pathOrDemo;
     const progress = opts.onProgress ?? (() => {});
     const loaded = await loadModelDir(dir);
@@ -74,6 +86,21 @@ export class Model {
       if (!t) throw new KvoffError('KVOFF_E_MODEL_FORMAT', `Expected tensor ${name} in ${loaded.dir} but it is missing`);
       return toFloat32(t);
     };
+    const embed = get('model.embed_tokens.weight');
+    if (backend === 'cuda' && config.attentionBias) {
+      // q/k/v biases (Qwen2) have no CUDA kernel yet: auto stays on the CPU, an explicit ask is refused.
+      if ((opts.backend ?? 'auto') === 'auto') backend = 'cpu';
+      else throw new KvoffBackendError('cuda', `${config.architecture}'s q/k/v biases are not supported on the CUDA backend yet; use --backend cpu`);
+    }
+    if (backend === 'cuda') {
+      const onDevice = uploadWeights(config, weights, (d, t) => progress('load', d, t));
+      try {
+        return new Model(loaded.dir, config, tokenizer, backend, embed, ropeInvFreq(config), weightBytes, new CudaDenseLayers(config, onDevice), null);
+      } catch (err) {
+        onDevice.free();
+        throw err;
+      }
+    }
     const runner = createRunner({ offMainThread: !opts.inlineDense, intraOpNumThreads: opts.denseThreads });
     try {
       const total = config.numLayers + 1;
@@ -85,7 +112,7 @@ export class Model {
       }
       await runner.load(graphNames.final, buildFinalGraph(config, pickFinalWeights(config, get)), { transfer: true });
       progress('load', total, total);
-      return new Model(loaded.dir, config, tokenizer, backend, get('model.embed_tokens.weight'), ropeInvFreq(config), weightBytes, runner);
+      return new Model(loaded.dir, config, tokenizer, backend, embed, ropeInvFreq(config), weightBytes, ortDenseLayers(runner, config), runner);
     } catch (err) {
       await runner.dispose();
       throw err;
@@ -103,7 +130,7 @@ export class Model {
   async dispose(): Promise<void> {
     if (!this.#live) return;
     this.#live = false;
-    await this.runner.dispose();
+    await this.dense.dispose();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -153,6 +153,50 @@ CudaStatus cuda_kv_gather(const GatherCall& c) {
   return {};
 }
 
+CudaStatus cuda_kv_gather_device(const GatherDeviceCall& c) {
+  if (!cuda_usable()) return unavailable();
+  auto bt = find_arena(c.blockTable.handle);
+  if (!bt) return gone("device arena", c.blockTable.handle);
+  auto pos = find_arena(c.positions.handle);
+  if (!pos) return gone("device arena", c.positions.handle);
+  auto d = find_arena(c.dst.handle);
+  if (!d) return gone("device arena", c.dst.handle);
+  auto tb = find_arena(c.table.handle);
+  if (!tb) return gone("device arena", c.table.handle);
+  auto st = find_stream(c.stream);
+  if (!st) return gone("stream", c.stream);
+  if (c.n == 0) return {};
+  void* view = nullptr;
+  cudaError_t err = cudaHostGetDevicePointer(&view, c.host->ptr, 0);
+  if (err != cudaSuccess) return failed("cudaHostGetDevicePointer of the KV host arena (registered with cudaHostRegister(Mapped)?)", err);
+  auto at = [](const std::shared_ptr<DevArena>& a, DevRef r) { return static_cast<uint8_t*>(a->ptr) + r.offset; };
+  GatherTableParams tp;
+  tp.positions = reinterpret_cast<const int32_t*>(at(pos, c.positions));
+  tp.blockTable = reinterpret_cast<const int32_t*>(at(bt, c.blockTable));
+  tp.table = reinterpret_cast<uint2*>(at(tb, c.table));
+  tp.n = c.n;
+  tp.ldPositions = c.ldPositions;
+  tp.numKvHeads = c.numKvHeads;
+  tp.blockSize = c.blockSize;
+  tp.tableLen = c.tableLen;
+  tp.numBlocks = c.numBlocks;
+  tp.dstCapacity = c.dstCapacity;
+  tp.dstSlot = c.dstSlot;
+  err = launch_build_gather_table(tp, st->s);
+  if (err != cudaSuccess) return failed("the gather table kernel launch", err);
+  GatherParams p;
+  p.src = static_cast<const uint8_t*>(view) + c.regionOffset;
+  p.dst = at(d, c.dst);
+  p.table = tp.table;
+  p.units = c.numKvHeads * c.n;
+  p.rowBytes = c.rowBytes;
+  p.unitBytes = c.rowBytes;
+  err = launch_kv_gather(p, gather_vec_bytes(reinterpret_cast<uintptr_t>(p.src), reinterpret_cast<uintptr_t>(p.dst), c.rowBytes), st->s);
+  if (err != cudaSuccess) return failed("the cudaKvGatherDevice kernel launch", err);
+  hold(*st, {c.host, bt, pos, d, tb});
+  return {};
+}
+
 CudaStatus cuda_gemv_bf16(const GemvCall& c) {
   if (!cuda_usable()) return unavailable();
   auto w = find_arena(c.w.handle);

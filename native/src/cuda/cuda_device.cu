@@ -162,7 +162,11 @@ CudaStatus cuda_arena_write(uint32_t handle, uint64_t offset, const void* src, u
   if (!a) return gone("device arena", handle);
   if (bytes == 0) return {};
   cudaError_t err = cudaMemcpy(static_cast<uint8_t*>(a->ptr) + offset, src, bytes, cudaMemcpyHostToDevice);
-  return err == cudaSuccess ? CudaStatus{} : failed("cudaMemcpy (host to device)", err);
+  if (err != cudaSuccess) return failed("cudaMemcpy (host to device)", err);
+  // From pageable memory cudaMemcpy may return once the bytes are staged, before the DMA lands; kvoff's streams
+  // are non-blocking, so a kernel enqueued next could run first (and have its output overwritten). Wait for it.
+  err = cudaStreamSynchronize(cudaStreamLegacy);
+  return err == cudaSuccess ? CudaStatus{} : failed("cudaStreamSynchronize after cudaMemcpy (host to device)", err);
 }
 
 CudaStatus cuda_arena_read(uint32_t handle, uint64_t offset, void* dst, uint64_t bytes) {

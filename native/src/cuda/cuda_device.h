@@ -76,6 +76,23 @@ struct GatherCall {
 };
 CudaStatus cuda_kv_gather(const GatherCall& call);
 
+// The same gather with the positions and the block table already on the device: a speculative prefetch
+// straight from a top-k's output. Two launches on one stream (build the table into `table`, then gather).
+struct GatherDeviceCall {
+  std::shared_ptr<Arena> host;  // registered with cudaHostRegister(Mapped)
+  uint64_t regionOffset = 0;
+  uint32_t numBlocks = 0, numKvHeads = 0, blockSize = 0, rowBytes = 0;
+  DevRef blockTable;  // int32 [tableLen]
+  uint32_t tableLen = 0;
+  DevRef positions;  // int32 [numKvHeads, ldPositions]
+  uint32_t n = 0, ldPositions = 0;
+  DevRef dst;  // [numKvHeads, dstCapacity, 2, headDim] 16-bit; head h's units land in slots dstSlot..dstSlot+n-1
+  uint32_t dstCapacity = 0, dstSlot = 0;
+  DevRef table;  // scratch: uint32 [numKvHeads * n, 2]
+  uint32_t stream = 0;
+};
+CudaStatus cuda_kv_gather_device(const GatherDeviceCall& call);
+
 // y[rows] (f32) = W[rows, cols] (bf16, row-major) . x[cols] (f32), f32 accumulation.
 struct GemvCall {
   DevRef w, x, y;

@@ -83,6 +83,18 @@ inline int gather_vec_bytes(uintptr_t src, uintptr_t dst, uint32_t rowBytes) {
 
 cudaError_t launch_kv_gather(const GatherParams& p, int vecBytes, cudaStream_t stream);
 
+// Builds a gather table on the device from device-resident positions (a top-k's output), so a prefetch
+// needs no round trip through the host. Unit i = h * n + j: source row of position positions[h * ldPositions + j]
+// of KV head h through blockTable; destination row h * dstCapacity + dstSlot + j. Positions and block ids
+// out of range are clamped into the region (memory-safe; they come from kvoff's own kernels).
+struct GatherTableParams {
+  const int32_t* positions;   // [numKvHeads, ldPositions]
+  const int32_t* blockTable;  // [tableLen] logical block -> physical block
+  uint2* table;               // [numKvHeads * n] out
+  uint32_t n, ldPositions, numKvHeads, blockSize, tableLen, numBlocks, dstCapacity, dstSlot;
+};
+cudaError_t launch_build_gather_table(const GatherTableParams& p, cudaStream_t stream);
+
 // ---- GEMV ----
 
 constexpr int kGemvThreads = 256;

@@ -58,6 +58,7 @@ CudaStatus cuda_event_elapsed(uint32_t, uint32_t, float*) { return not_built(); 
 CudaStatus cuda_event_free(uint32_t) { return not_built(); }
 bool cuda_event_live(uint32_t) { return false; }
 CudaStatus cuda_kv_gather(const GatherCall&) { return not_built(); }
+CudaStatus cuda_kv_gather_device(const GatherDeviceCall&) { return not_built(); }
 CudaStatus cuda_gemv_bf16(const GemvCall&) { return not_built(); }
 CudaTotals cuda_totals() { return {}; }
 

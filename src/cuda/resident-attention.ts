@@ -1,0 +1,366 @@
+// Device-resident decode attention for the CUDA step: q, k, v come from the fused qkv activations on the device and
+// the output goes to `attn` there, with no host round trip (exact's CPU part aside). Three policies:
+//   dense:    the whole KV of every layer in device memory, flash-decoding over it;
+//   specache: a KIVI low-bit copy of the whole KV plus a hot set (sinks, recent window, top-k) on the device, the
+//             full-precision KV in pinned host memory; the speculative row's low-bit scores pick the next step's
+//             top-k, which the copy stream fetches (zero-copy gather) while the rest of this step computes;
+//   exact:    sinks and window on the device, every other token attended exactly by the CPU workers over the host
+//             KV, merged by LSE: only q goes down and (o, lse) comes back per layer.
+import type { CpuAttentionPool } from '../cpu-attention.js';
+import { cudaAttendScratchBytes } from '../kernels/device-attention-ref.js';
+import { cudaKiviAttendScratchBytes, deviceLowBitLayout } from '../kernels/device-lowbit-layout.js';
+import type { ModelConfig } from '../model/types.js';
+import { native, type DevRef, type KvRegion } from '../native.js';
+import { DeviceArena, DeviceLayout } from './device-arena.js';
+import { qkvWidth } from './layer-kernels.js';
+import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
+
+/** The host-resident full-precision KV: one pinned arena, paged as kvoff's host cache lays it out, one sequence. */
+export interface HostKv {
+  region: (layer: number) => KvRegion;
+  blockIds: Int32Array; // the sequence's blocks, logical order
+}
+
+export interface StepRows {
+  pos: number; // position of row 0 (the real token); row 1, when present, is the speculative token at pos + 1
+  rows: 1 | 2;
+  mark?: (phase: string) => void; // profiling: the GPU time since the last mark is booked to `phase`
+}
+
+export interface ResidentAttention {
+  readonly deviceBytes: number; // KV-side device memory, the part a vramBudget caps
+  readonly speculative: boolean; // wants a second (speculative) row each step
+  /** Enqueues (or, for exact, runs) layer `layer`'s attention of the step: reads a.qkv, writes a.attn. */
+  attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> | void;
+  dispose(): void;
+}
+
+export interface ResidentShape {
+  config: ModelConfig;
+  capacity: number; // tokens the run may reach
+  dtype: 'bf16' | 'f16';
+  stream: number; // compute stream
+}
+
+const scaleOf = (c: ModelConfig): number => 1 / Math.sqrt(c.headDim);
+
+/** Row r's q ([nH, D] = [Hkv, G, D]), k and v ([Hkv, D]) inside the fused qkv activations. */
+function qkvRefs(c: ModelConfig, a: DeviceArena, r: number): { q: DevRef; k: DevRef; v: DevRef } {
+  const row = r * qkvWidth(c) * 4;
+  const { numHeads: nH, numKvHeads: nKv, headDim: D } = c;
+  return { q: a.ref('qkv', row), k: a.ref('qkv', row + nH * D * 4), v: a.ref('qkv', row + (nH + nKv) * D * 4) };
+}
+
+/** [Hkv, rows, 2, D] 16-bit. */
+const kvRegionBytes = (c: ModelConfig, rows: number): number => c.numKvHeads * rows * 2 * c.headDim * 2;
+
+/** Buffers every resident policy needs besides its KV: partial outputs and kernel scratch. */
+function partialsLayout(c: ModelConfig, maxRows: number, layout = new DeviceLayout()): DeviceLayout {
+  const G = c.numHeads / c.numKvHeads;
+  return layout
+    .add('oPart', c.numHeads * c.headDim * 4) // [nH, D] a second partial to merge
+    .add('lse', 2 * c.numHeads * 4) // [2 rows, nH]
+    .add('lsePart', c.numHeads * 4) // [nH]
+    .add('attnScratch', cudaAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxRows }));
+}
+
+/** Makes `stream` wait for the work enqueued on `after` so far. */
+export function waitFor(stream: number, after: number): void {
+  const e = native().cudaEventRecord({ stream: after });
+  native().cudaStreamWaitEvent({ stream, event: e });
+  native().cudaEventFree({ event: e }); // legal once waited on: CUDA releases it when it completes
+}
+
+/** dense: every layer's KV in one device arena, [numLayers][Hkv, capacity, 2, D]. */
+export class DenseResident implements ResidentAttention {
+  readonly speculative = false;
+  readonly #arena: DeviceArena;
+  constructor(readonly s: ResidentShape) {
+    const c = s.config;
+    const layout = partialsLayout(c, s.capacity);
+    for (let l = 0; l < c.numLayers; l++) layout.add(`kv${l}`, kvRegionBytes(c, s.capacity));
+    this.#arena = DeviceArena.create(layout);
+  }
+  get deviceBytes(): number {
+    return this.#arena.bytes;
+  }
+  kv(layer: number): DevRef {
+    return this.#arena.ref(`kv${layer}`);
+  }
+
+  attend(layer: number, a: DeviceArena, step: StepRows): void {
+    const { config: c, capacity, dtype, stream } = this.s;
+    const { q, k, v } = qkvRefs(c, a, 0);
+    const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, capacity, stream };
+    native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.kv(layer), slot: step.pos });
+    native().cudaAttendDecode({
+      ...shape, kv: this.kv(layer), groupSize: c.numHeads / c.numKvHeads, counts: new Int32Array(c.numKvHeads).fill(step.pos + 1),
+      q, scale: scaleOf(c), out: a.ref('attn'), lse: this.#arena.ref('lse'),
+      scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+    });
+  }
+
+  dispose(): void {
+    this.#arena.free();
+  }
+}
+
+export interface SpecacheKnobs {
+  topK: number;
+  sinks: number;
+  window: number; // a multiple of keyGroupSize: a completed key group is contiguous in the window ring
+  bits: 1 | 2 | 4;
+  keyGroupSize: 32 | 64;
+}
+
+/** Bytes specache keeps on the device for a run of `capacity` tokens (the part the budget caps). */
+export function specacheDeviceBytes(c: ModelConfig, capacity: number, k: SpecacheKnobs): number {
+  return specacheLayout(c, capacity, k).bytes;
+}
+
+/** Hot slots per KV head: [sinks][window ring][top-k][the speculative token itself]. */
+const hotCapacity = (k: SpecacheKnobs): number => k.sinks + k.window + k.topK + 1;
+
+function lowBitShape(c: ModelConfig, capacity: number, k: SpecacheKnobs) {
+  return { numKvHeads: c.numKvHeads, headDim: c.headDim, bits: k.bits, keyGroupSize: k.keyGroupSize, valueGroupSize: c.headDim, capacityTokens: capacity };
+}
+
+function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): DeviceLayout {
+  const G = c.numHeads / c.numKvHeads;
+  const layout = partialsLayout(c, hotCapacity(k));
+  const lb = deviceLowBitLayout(lowBitShape(c, capacity, k));
+  for (let l = 0; l < c.numLayers; l++) {
+    layout.add(`lowBit${l}`, lb.layerBytes);
+    layout.add(`hot${l}`, kvRegionBytes(c, hotCapacity(k))); // [Hkv, hotCap, 2, D]
+    layout.add(`picks${l}`, c.numKvHeads * k.topK * 4); // int32 [Hkv, topK]
+    layout.add(`mask${l}`, c.numKvHeads * capacity); // u8 [Hkv, capacity]: 1 = a pick, attended in full precision
+  }
+  return layout
+    .add('oTail', 2 * c.numHeads * c.headDim * 4) // [2 rows, nH, D]
+    .add('lseTail', 2 * c.numHeads * 4) // [2 rows, nH]
+    .add('scores', c.numKvHeads * capacity * 4) // f32 [Hkv, capacity]
+    .add('gatherTable', c.numKvHeads * k.topK * 8) // uint32 [Hkv * topK, 2]
+    .add('blockTable', capacity * 4) // int32 [<= capacity blocks]
+    .add('tailScratch', cudaKiviAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxTokens: capacity }));
+}
+
+export class SpecacheResident implements ResidentAttention {
+  readonly speculative = true;
+  readonly #arena: DeviceArena;
+  readonly #hotCap: number;
+  readonly #fetched: number[]; // [numLayers] event after each layer's last prefetch, 0 when none pending
+  copyEvents: Array<[number, number]> = []; // (start, end) timing events of the prefetches, for the copy time
+  /** 'overlap' (the design), 'serial' (gather on the compute stream) or 'none' (no fetch: a lower bound). */
+  prefetch: 'overlap' | 'serial' | 'none' = 'overlap';
+
+  constructor(
+    readonly s: ResidentShape,
+    readonly k: SpecacheKnobs,
+    readonly host: HostKv,
+    readonly copyStream: number,
+  ) {
+    const c = s.config;
+    if (k.window % k.keyGroupSize !== 0) throw new Error(`specache window ${k.window} must be a multiple of keyGroupSize ${k.keyGroupSize}`);
+    this.#hotCap = hotCapacity(k);
+    this.#arena = DeviceArena.create(specacheLayout(c, s.capacity, k));
+    this.#fetched = new Array(c.numLayers).fill(0);
+    const bt = host.blockIds;
+    native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
+  }
+
+  get deviceBytes(): number {
+    return this.#arena.bytes;
+  }
+  get hotCap(): number {
+    return this.#hotCap;
+  }
+  ref(name: string, byteOffset = 0): DevRef {
+    return this.#arena.ref(name, byteOffset);
+  }
+
+  #lowBit(layer: number) {
+    return { ...lowBitShape(this.s.config, this.s.capacity, this.k), lowBit: this.#arena.ref(`lowBit${layer}`), stream: this.s.stream };
+  }
+
+  /** Quantizes tokens [first, first + tokens) of a layer from a device KV region [Hkv, kvCapacity, 2, D] whose row kvFirstRow is token `first`. */
+  quantize(layer: number, kv: DevRef, kvCapacity: number, kvFirstRow: number, first: number, tokens: number): void {
+    native().cudaKiviQuantize({ ...this.#lowBit(layer), kv, dtype: this.s.dtype, kvCapacity, kvFirstRow, first, tokens });
+  }
+
+  /** Scores the quantized keys with q, keeps the best topK of [sinks, n - window) per KV head and starts fetching them. */
+  select(layer: number, q: DevRef, n: number): void {
+    const { config: c, stream, capacity } = this.s;
+    const { sinks, window, topK, keyGroupSize } = this.k;
+    native().cudaKiviScores({ ...this.#lowBit(layer), groupSize: c.numHeads / c.numKvHeads, q, numGroups: Math.floor(n / keyGroupSize), out: this.ref('scores'), ldOut: capacity });
+    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: capacity, first: sinks, n: n - window - sinks, k: topK, out: this.ref(`picks${layer}`), mask: this.ref(`mask${layer}`), stream });
+    this.#fetch(layer);
+  }
+
+  #fetch(layer: number): void {
+    if (this.prefetch === 'none') return;
+    const { stream } = this.s;
+    const on = this.prefetch === 'overlap' ? this.copyStream : stream;
+    if (on !== stream) waitFor(on, stream); // the top-k it reads is computed on the compute stream
+    const t0 = native().cudaEventRecord({ stream: on, timing: true });
+    native().cudaKvGatherDevice({
+      ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
+      n: this.k.topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: this.k.sinks + this.k.window, table: this.ref('gatherTable'), stream: on,
+    });
+    this.copyEvents.push([t0, native().cudaEventRecord({ stream: on, timing: true })]);
+    if (on !== stream) this.#fetched[layer] = native().cudaEventRecord({ stream: on });
+  }
+
+  /** A prefilled layer (staged on the device): its low-bit copy (complete key groups) and the hot sinks and window. */
+  load(layer: number, staged: StagedLayer): void {
+    const { sinks, window, keyGroupSize } = this.k;
+    const groups = Math.floor(staged.n / keyGroupSize) * keyGroupSize;
+    this.quantize(layer, staged.kv(0), staged.n, 0, 0, groups);
+    fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, sinks, window, this.s.stream);
+  }
+
+  /** Scores with a zero query (every score ties, so the first topK positions win) and fetches: the state after a prefill. */
+  prime(n: number): void {
+    const c = this.s.config;
+    native().cudaUpload({ dst: this.ref('oPart'), data: new Float32Array(c.numHeads * c.headDim), stream: this.s.stream });
+    for (let l = 0; l < c.numLayers; l++) this.select(l, this.ref('oPart'), n);
+  }
+
+  attend(layer: number, a: DeviceArena, step: StepRows): void {
+    const { config: c, dtype, stream } = this.s;
+    const { sinks, window, keyGroupSize } = this.k;
+    const G = c.numHeads / c.numKvHeads;
+    const hot = this.ref(`hot${layer}`);
+    const p = step.pos;
+    const n = p + 1; // tokens stored once the real row is written
+    const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream };
+    // The real token: home to the pinned host cache (zero-copy store), and into the window ring.
+    const real = qkvRefs(c, a, 0);
+    native().cudaKvStoreHost({ ...this.host.region(layer), k: real.k, v: real.v, tokens: 1, blockIds: this.host.blockIds, start: p, stream });
+    native().cudaKvWrite({ ...shape, k: real.k, v: real.v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: sinks + (p % window) });
+    if (n % keyGroupSize === 0) this.quantize(layer, hot, this.#hotCap, sinks + ((n - keyGroupSize) % window), n - keyGroupSize, keyGroupSize);
+    step.mark?.('store');
+    if (this.#fetched[layer] !== 0) {
+      native().cudaStreamWaitEvent({ stream, event: this.#fetched[layer] }); // this layer's top-k rows, fetched last step
+      native().cudaEventFree({ event: this.#fetched[layer] });
+      this.#fetched[layer] = 0;
+    }
+    const scratch = { scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch') };
+    const tail = { scratch: this.ref('tailScratch'), scratchBytes: this.#arena.bytesOf('tailScratch') };
+    for (let row = 0; row < step.rows; row++) {
+      const { q, k, v } = qkvRefs(c, a, row);
+      // The speculative row's KV is never stored: it joins through the last hot slot, which only it attends.
+      if (row === 1) native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: this.#hotCap - 1 });
+      const attended = row === 0 ? this.#hotCap - 1 : this.#hotCap;
+      const out = a.ref('attn', row * c.numHeads * c.headDim * 4);
+      const lse = this.ref('lse', row * c.numHeads * 4);
+      native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(attended), q, scale: scaleOf(c), out, lse, ...scratch });
+      step.mark?.('hot attention');
+      const oT = this.ref('oTail', row * c.numHeads * c.headDim * 4);
+      const lT = this.ref('lseTail', row * c.numHeads * 4);
+      native().cudaKiviAttend({ ...this.#lowBit(layer), groupSize: G, q, scale: scaleOf(c), first: sinks, end: Math.max(sinks, n - window), exclude: this.ref(`mask${layer}`), ldExclude: this.s.capacity, out: oT, lse: lT, ...tail });
+      native().cudaLseMerge({ rows: c.numHeads, headDim: c.headDim, oA: out, lseA: lse, oB: oT, lseB: lT, out, lseOut: lse, stream });
+      step.mark?.('low-bit tail');
+    }
+    // The speculative row (the real one when there is none) picks the next step's top-k and starts its fetch.
+    this.select(layer, qkvRefs(c, a, step.rows - 1).q, n);
+    step.mark?.('select');
+  }
+
+  /** Copy time of the prefetches so far (ms, from their events), freeing those events. Call after a synchronize. */
+  drainCopyMs(): number {
+    let ms = 0;
+    for (const [t0, t1] of this.copyEvents) {
+      ms += native().cudaEventElapsedMs({ start: t0, end: t1 });
+      native().cudaEventFree({ event: t0 });
+      native().cudaEventFree({ event: t1 });
+    }
+    this.copyEvents = [];
+    return ms;
+  }
+
+  dispose(): void {
+    this.drainCopyMs();
+    for (const e of this.#fetched) if (e !== 0) native().cudaEventFree({ event: e });
+    this.#arena.free();
+  }
+}
+
+/**
+ * exact: sinks and the recent window on the device (a ring, as specache's), the rest on the CPU workers over the host
+ * KV. Per layer q comes down, the workers attend while the device does its part, (o, lse) goes up and merges.
+ */
+export class ExactResident implements ResidentAttention {
+  readonly speculative = false;
+  readonly #arena: DeviceArena;
+  readonly #hotCap: number;
+
+  constructor(
+    readonly s: ResidentShape,
+    readonly k: { sinks: number; window: number },
+    readonly host: HostKv,
+    readonly pool: CpuAttentionPool,
+  ) {
+    const c = s.config;
+    this.#hotCap = k.sinks + k.window;
+    const layout = partialsLayout(c, this.#hotCap);
+    for (let l = 0; l < c.numLayers; l++) layout.add(`hot${l}`, kvRegionBytes(c, this.#hotCap));
+    this.#arena = DeviceArena.create(layout);
+  }
+  get deviceBytes(): number {
+    return this.#arena.bytes;
+  }
+  get hotCap(): number {
+    return this.#hotCap;
+  }
+  hot(layer: number, byteOffset = 0): DevRef {
+    return this.#arena.ref(`hot${layer}`, byteOffset);
+  }
+
+  /** A prefilled layer (staged on the device): the hot sinks and window. */
+  load(layer: number, staged: StagedLayer): void {
+    fillSinksAndWindow(this.s.config, staged, (off) => this.hot(layer, off), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
+  }
+
+  async attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> {
+    const { config: c, dtype, stream } = this.s;
+    const { sinks, window } = this.k;
+    const G = c.numHeads / c.numKvHeads;
+    const D = c.headDim;
+    const p = step.pos;
+    const n = p + 1;
+    const { q, k, v } = qkvRefs(c, a, 0);
+    const shape = { numKvHeads: c.numKvHeads, headDim: D, dtype, stream };
+    const r = this.host.region(layer);
+    native().cudaKvStoreHost({ ...r, k, v, tokens: 1, blockIds: this.host.blockIds, start: p, stream });
+    native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.hot(layer), capacity: this.#hotCap, slot: sinks + (p % window) });
+    const out = a.ref('attn');
+    const lse = this.#arena.ref('lse');
+    native().cudaAttendDecode({
+      ...shape, kv: this.hot(layer), capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(Math.min(n, this.#hotCap)),
+      q, scale: scaleOf(c), out, lse, scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+    });
+    // The CPU part: every token but the sinks and the window, read where it lives.
+    const qBytes = await native().cudaDownload({ src: q, bytes: c.numHeads * D * 4, stream });
+    const oCpu = new Float32Array(c.numHeads * D); // [Hkv, G, D]
+    const lCpu = new Float32Array(c.numHeads); // [Hkv, G]
+    await this.pool.attend({
+      region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: Int32Array.from({ length: c.numKvHeads }, (_, h) => h), groupSize: G,
+      q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: Int32Array.from(hotPositions(n, sinks, window)), out: oCpu, lse: lCpu,
+    });
+    native().cudaUpload({ dst: this.#arena.ref('oPart'), data: oCpu, stream });
+    native().cudaUpload({ dst: this.#arena.ref('lsePart'), data: lCpu, stream });
+    native().cudaLseMerge({ rows: c.numHeads, headDim: D, oA: out, lseA: lse, oB: this.#arena.ref('oPart'), lseB: this.#arena.ref('lsePart'), out, lseOut: lse, stream });
+  }
+
+  dispose(): void {
+    this.#arena.free();
+  }
+}
+
+/** Sorted positions of the sinks and the recent window among n tokens. */
+export function hotPositions(n: number, sinks: number, window: number): number[] {
+  const out: number[] = [];
+  for (let p = 0; p < Math.min(sinks, n); p++) out.push(p);
+  for (let p = Math.max(sinks, n - window); p < n; p++) out.push(p);
+  return out;
+}

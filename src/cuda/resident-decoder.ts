@@ -1,0 +1,111 @@
+// The device-resident decode step: embedding, every layer and the head run on one stream, with the policy's attention
+// in between; per step only the token ids go down and the argmax ids come back.
+import { performance } from 'node:perf_hooks';
+import { ropeInvFreq, ropeTables } from '../model/rope.js';
+import type { ModelConfig } from '../model/types.js';
+import { native } from '../native.js';
+import { weightLayout } from './cuda-weights.js';
+import { DeviceArena } from './device-arena.js';
+import { LayerKernels, activationLayout } from './layer-kernels.js';
+import type { ResidentAttention } from './resident-attention.js';
+
+/**
+ * Random bf16 weights made on the device (no host traffic: an 8B model is 16 GB), uniform in +-sqrt(3 / fan_in) so
+ * every projection keeps unit variance; norms are ones.
+ */
+export function randomDeviceWeights(c: ModelConfig, seed: number, stream = 0): DeviceArena {
+  const arena = DeviceArena.create(weightLayout(c));
+  const ones = new Uint16Array(c.hiddenSize).fill(0x3f80); // bf16 1.0
+  let i = 0;
+  for (const [name, { bytes }] of arena.layout) {
+    const dst = arena.ref(name);
+    if (name.endsWith('Norm') || name === 'norm') {
+      native().cudaUpload({ dst, data: ones, stream });
+      continue;
+    }
+    const fanIn = name === 'embed' ? 3 : name.endsWith('.down') ? c.intermediateSize : name.endsWith('.o') ? c.numHeads * c.headDim : c.hiddenSize;
+    native().cudaFillRandom({ dst, count: bytes / 2, dtype: 'bf16', seed: seed * 1000 + i++, scale: Math.sqrt(3 / fanIn), stream });
+  }
+  return arena;
+}
+
+/** GPU time per phase, from timing events recorded on the compute stream between phases (profiling only). */
+export class PhaseProfile {
+  #events: Array<[string, number]> = [];
+  constructor(readonly stream: number) {}
+  mark(phase: string): void {
+    this.#events.push([phase, native().cudaEventRecord({ stream: this.stream, timing: true })]);
+  }
+  /** Milliseconds per phase since the last drain; call after the stream is synchronized. */
+  drain(into: Map<string, number> = new Map()): Map<string, number> {
+    for (let i = 1; i < this.#events.length; i++) {
+      const [phase, end] = this.#events[i];
+      const ms = native().cudaEventElapsedMs({ start: this.#events[i - 1][1], end });
+      into.set(phase, (into.get(phase) ?? 0) + ms);
+    }
+    for (const [, e] of this.#events) native().cudaEventFree({ event: e });
+    this.#events = [];
+    return into;
+  }
+}
+
+export class ResidentDecoder {
+  profile: PhaseProfile | null = null;
+  enqueueMs = 0; // host time to enqueue the last step (launch overhead), measured to the argmax download
+  readonly #acts: DeviceArena;
+  readonly #kernels: LayerKernels;
+  readonly #invFreq: Float32Array;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: DeviceArena,
+    readonly attention: ResidentAttention,
+    readonly stream = 0,
+  ) {
+    this.#acts = DeviceArena.create(activationLayout(config, 2));
+    this.#kernels = new LayerKernels(config, weights, stream);
+    this.#invFreq = ropeInvFreq(config);
+  }
+
+  /**
+   * One step: tokens[0] at position pos (stored), tokens[1] (the speculative guess, only when the policy wants one)
+   * at pos + 1 (never stored). Returns the argmax token of each row.
+   */
+  async step(tokens: Int32Array, pos: number): Promise<Int32Array> {
+    const c = this.config;
+    const rows = tokens.length as 1 | 2;
+    const a = this.#acts;
+    const stream = this.stream;
+    const t0 = performance.now();
+    const mark = this.profile ? (phase: string) => this.profile!.mark(phase) : undefined;
+    mark?.('between steps (GPU idle)');
+    native().cudaEmbed({ table: this.weights.ref('embed'), vocab: c.vocabSize, hidden: c.hiddenSize, ids: tokens, out: a.ref('x'), stream });
+    const { cos, sin } = ropeTables(this.#invFreq, rows === 1 ? [pos] : [pos, pos + 1]);
+    native().cudaUpload({ dst: a.ref('cos'), data: cos, stream });
+    native().cudaUpload({ dst: a.ref('sin'), data: sin, stream });
+    for (let l = 0; l < c.numLayers; l++) {
+      this.#kernels.pre(a, l, rows);
+      mark?.('qkv projection');
+      await this.attention.attend(l, a, { pos, rows, mark });
+      mark?.('attention');
+      this.#kernels.post(a, l, rows);
+      mark?.('o projection + MLP');
+    }
+    this.#kernels.head(a, rows);
+    native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
+    mark?.('lm head + argmax');
+    this.enqueueMs = performance.now() - t0;
+    const ids = await native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
+    return new Int32Array(ids.buffer, ids.byteOffset, rows).slice();
+  }
+
+  /** The last step's logits, [rows, vocab] (tests; a step itself only brings back the argmax ids). */
+  async logits(rows: number): Promise<Float32Array> {
+    const b = await native().cudaDownload({ src: this.#acts.ref('logits'), bytes: rows * this.config.vocabSize * 4, stream: this.stream });
+    return new Float32Array(b.buffer, b.byteOffset, rows * this.config.vocabSize).slice();
+  }
+
+  dispose(): void {
+    this.#acts.free();
+  }
+}

@@ -1,0 +1,154 @@
+// The CUDA backend end to end: whole-model logits against the CPU backend (same bf16 weights), the lossless policies
+// against dense on CUDA, the device-resident dense step against the engine, and the demo's passkey on CUDA.
+import { rm } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { uploadWeights } from '../../src/cuda/cuda-weights.js';
+import { DeviceArena, DeviceLayout } from '../../src/cuda/device-arena.js';
+import { copyToHost } from '../../src/cuda/resident-context.js';
+import { DenseResident, SpecacheResident, type HostKv } from '../../src/cuda/resident-attention.js';
+import { ResidentDecoder } from '../../src/cuda/resident-decoder.js';
+import { HostArena } from '../../src/arena.js';
+import { createEngine, loadModel, type Model } from '../../src/index.js';
+import { loadModelDir } from '../../src/model/load-dir.js';
+import { writeRandomModel } from '../../src/model/random-model.js';
+import { native } from '../../src/native.js';
+import { errOverRange } from '../helpers.js';
+import { gpuUsable } from './cuda-helpers.js';
+
+// head_dim 64, GQA 4, bf16 weights: the CPU backend widens them to f32 exactly, so both backends hold the same numbers.
+const JSON_CONFIG = {
+  architectures: ['LlamaForCausalLM'], hidden_act: 'silu', hidden_size: 512, intermediate_size: 1024, num_attention_heads: 8,
+  num_key_value_heads: 2, num_hidden_layers: 2, vocab_size: 300, max_position_embeddings: 4096, rms_norm_eps: 1e-5, rope_theta: 10000,
+  tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2,
+};
+
+let dir = '';
+const models: Record<string, Model> = {};
+beforeAll(async () => {
+  if (!gpuUsable) return;
+  dir = (await writeRandomModel(JSON_CONFIG, { dtype: 'bf16', seed: 9 })).dir;
+  models.cpu = await loadModel(dir, { backend: 'cpu' });
+  models.cuda = await loadModel(dir, { backend: 'cuda' });
+}, 120_000);
+afterAll(async () => {
+  for (const m of Object.values(models)) await m.dispose();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function run(model: Model, policy: string, prompt: number[], maxNewTokens = 5) {
+  const engine = await createEngine(model, { policy, blockSize: 16, prefillChunk: 40, cpuThreads: 2 });
+  try {
+    const steps: { token: number; logits: Float32Array }[] = [];
+    for await (const t of engine.generate(prompt, { maxNewTokens, stopAtEos: false })) steps.push({ token: t.token, logits: t.logits });
+    return steps;
+  } finally {
+    await engine.dispose();
+  }
+}
+
+const prompt = Array.from({ length: 18 * 16 + 11 }, (_, i) => (i * 13 + 5) % 300);
+
+describe.skipIf(!gpuUsable)('CUDA backend', () => {
+  it('reproduces the CPU backend logits at every step (dense)', async () => {
+    const cpu = await run(models.cpu, 'dense', prompt);
+    const cuda = await run(models.cuda, 'dense', prompt);
+    // Same bf16 weights and f32 activations; the prefill GEMM (tensor cores) rounds its activations to bf16, so
+    // the prefill's K/V differ by up to 2^-8 relative, which reaches the logits at about 1e-3 of their range.
+    for (let i = 0; i < cpu.length; i++) expect(errOverRange(cuda[i].logits, cpu[i].logits), `step ${i}`).toBeLessThanOrEqual(2e-2);
+  }, 120_000);
+
+  it('cpu, offload-layer and exact equal dense on CUDA at every step', async () => {
+    const dense = await run(models.cuda, 'dense', prompt);
+    for (const policy of ['cpu', 'offload-layer', 'exact']) {
+      const r = await run(models.cuda, policy, prompt);
+      expect(r.map((s) => s.token), policy).toEqual(dense.map((s) => s.token));
+      for (let i = 0; i < r.length; i++) expect(errOverRange(r[i].logits, dense[i].logits), `${policy} step ${i}`).toBeLessThanOrEqual(1e-5);
+    }
+  }, 120_000);
+
+  it('the device-resident dense step reproduces the engine on CUDA, token by token from an empty cache', async () => {
+    const c = models.cuda.config;
+    const engineSteps = await run(models.cuda, 'dense', [7], 12); // a one-token prompt, then greedy decode
+    const weights = uploadWeights(c, (await loadModelDir(dir)).weights);
+    const dense = new DenseResident({ config: c, capacity: 64, dtype: 'bf16', stream: 0 });
+    const dec = new ResidentDecoder(c, weights, dense);
+    try {
+      let tok = 7;
+      for (let pos = 0; pos < engineSteps.length; pos++) {
+        const [next] = await dec.step(Int32Array.of(tok), pos);
+        const logits = await dec.logits(1);
+        expect(errOverRange(logits, engineSteps[pos].logits), `position ${pos}`).toBeLessThanOrEqual(1e-4);
+        expect(next).toBe(engineSteps[pos].token);
+        tok = next;
+      }
+    } finally {
+      dec.dispose();
+      dense.dispose();
+      weights.free();
+    }
+  }, 120_000);
+
+  it('the device-resident specache step runs at a context past its hot set, with finite logits for both rows', async () => {
+    const c = models.cuda.config;
+    const weights = uploadWeights(c, (await loadModelDir(dir)).weights);
+    const block = 64;
+    const context = 1024;
+    const capacity = context + 16;
+    const numBlocks = Math.ceil(capacity / block);
+    const layerBytes = numBlocks * c.numKvHeads * block * 4 * c.headDim;
+    const arena = new HostArena(layerBytes * c.numLayers, { pin: true });
+    const host: HostKv = {
+      region: (l) => ({ handle: arena.handle, offset: l * layerBytes, numBlocks, numKvHeads: c.numKvHeads, headDim: c.headDim, blockSize: block, dtype: 'bf16' }),
+      blockIds: Int32Array.from({ length: numBlocks }, (_, i) => numBlocks - 1 - i), // scattered: logical block i is physical n-1-i
+    };
+    const copy = native().cudaStreamCreate();
+    const spec = new SpecacheResident({ config: c, capacity, dtype: 'bf16', stream: 0 }, { topK: 32, sinks: 4, window: 64, bits: 2, keyGroupSize: 32 }, host, copy);
+    const dec = new ResidentDecoder(c, weights, spec);
+    const kvBytes = c.numKvHeads * context * 4 * c.headDim;
+    const staging = DeviceArena.create(new DeviceLayout().add('kv', kvBytes));
+    try {
+      // A random context, as a prefill would leave it: host cache, low-bit copy and hot set all from the same KV.
+      for (let l = 0; l < c.numLayers; l++) {
+        native().cudaFillRandom({ dst: staging.ref('kv'), count: kvBytes / 2, dtype: 'bf16', seed: 50 + l, scale: 1 });
+        const staged = { kv: (off: number) => staging.ref('kv', off), n: context };
+        spec.load(l, staged);
+        copyToHost(c, staged, host, l, 0);
+        await native().cudaStreamSynchronize({});
+      }
+      spec.prime(context);
+      let toks = Int32Array.of(3, 4);
+      for (let i = 0; i < 8; i++) {
+        toks = await dec.step(toks, context + i);
+        const logits = await dec.logits(2);
+        expect(logits.every(Number.isFinite)).toBe(true);
+      }
+      expect(spec.drainCopyMs()).toBeGreaterThan(0);
+    } finally {
+      staging.free();
+      dec.dispose();
+      spec.dispose();
+      native().cudaStreamDestroy({ stream: copy });
+      weights.free();
+      arena.dispose();
+    }
+  }, 120_000);
+});
+
+describe.skipIf(!gpuUsable)('the demo model on CUDA', () => {
+  it('finds the passkey of the README quick start', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const { join } = await import('node:path');
+    const { demoModelDir } = await import('../../src/model/model.js');
+    const model = await loadModel('demo', { backend: 'cuda' });
+    try {
+      const engine = await createEngine(model, { policy: 'exact' });
+      const text = await readFile(join(demoModelDir(), 'haystack-8k.txt'), 'utf8');
+      let out = '';
+      for await (const t of engine.generate(text, { maxNewTokens: 6 })) out += t.text;
+      await engine.dispose();
+      expect(out).toContain('89819');
+    } finally {
+      await model.dispose();
+    }
+  }, 300_000);
+});
