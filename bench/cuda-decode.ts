@@ -1,8 +1,9 @@
 // Decode speed of the device-resident CUDA step for a Llama-shaped model with random bf16 weights at a long context:
 // dense (the whole KV on the GPU), specache (low-bit copy + hot set under a device KV budget, speculative prefetch)
-// and exact (device sinks/window + CPU workers over the pinned host KV), with the bounds they are measured against.
+// exact (device sinks/window + CPU workers over the pinned host KV) and cpu (all on the workers), with the bounds
+// they are measured against.
 // Usage (GPU machine): node dist/bench/cuda-decode.js [--shape llama-3.1-8b] [--context 131072] [--steps 16]
-//   [--policies dense,specache,exact] [--budget 0.1] [--topk 64] [--json FILE]
+//   [--policies dense,specache,exact,cpu] [--budget 0.1] [--topk 64] [--json FILE]
 //
 // The context is synthetic: each layer's KV is random bf16 made on the GPU (a 131k-token prefill of an 8B model is
 // not what this measures), quantized into specache's low-bit copy there and copied to the pinned host cache.
@@ -33,7 +34,7 @@ const { values } = parseArgs({
     context: { type: 'string', default: '131072' },
     steps: { type: 'string', default: '16' },
     warmup: { type: 'string', default: '3' },
-    policies: { type: 'string', default: 'dense,specache,exact' },
+    policies: { type: 'string', default: 'dense,specache,exact,cpu' },
     budget: { type: 'string', default: '0.1' },
     topk: { type: 'string', default: '64' },
     'exact-steps': { type: 'string', default: '3' },
@@ -48,7 +49,7 @@ const warmup = Number(values.warmup);
 const policies = values.policies!.split(',');
 const capacity = context + warmup + 3 * steps + 16; // specache runs three prefetch variants, then a profile
 const knobs: SpecacheKnobs = { topK: Number(values.topk), sinks: 4, window: 64, bits: 1, keyGroupSize: 64 };
-const stream = 0;
+let stream = 0; // main() makes it a high-priority stream: the step's critical path goes first, the copy stream's side work fills in
 const tokenHeadBytes = 2 * c.headDim * 2; // K and V, bf16
 const fullKvBytes = c.numLayers * c.numKvHeads * context * tokenHeadBytes;
 const kvLayerBytes = (tokens: number) => c.numKvHeads * tokens * tokenHeadBytes;
@@ -108,22 +109,25 @@ async function profileSteps(label: string, dec: ResidentDecoder, n: number, pos0
   return next;
 }
 
+/**
+ * n steps; each step's wall time. Device-resident policies are pipelined: step i + 1 is enqueued (fed by step i's
+ * argmax on the device) before step i's ids reach the host, so the times are per step in steady state.
+ */
 async function timeSteps(dec: ResidentDecoder, n: number, pos0: number, after?: () => void): Promise<{ ms: number[]; next: number }> {
-  const spec = dec.attention.speculative;
-  let tok = 1;
-  let guess = 2;
+  const rows = dec.attention.speculative ? 2 : 1;
   const ms: number[] = [];
-  let pos = pos0;
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    const out = await dec.step(spec ? Int32Array.of(tok, guess) : Int32Array.of(tok), pos);
-    ms.push(performance.now() - t0);
+  let t0 = performance.now();
+  let inFlight = dec.step(rows === 2 ? Int32Array.of(1, 2) : Int32Array.of(1), pos0);
+  for (let i = 1; i <= n; i++) {
+    const next = i < n ? dec.stepOnDevice(pos0 + i, rows) : null; // enqueued while step i - 1 still runs
+    await inFlight;
+    const t1 = performance.now();
+    ms.push(t1 - t0);
+    t0 = t1;
     after?.();
-    tok = out[0];
-    if (spec) guess = out[1];
-    pos++;
+    if (next) inFlight = next;
   }
-  return { ms, next: pos };
+  return { ms, next: pos0 + n };
 }
 
 async function main(): Promise<void> {
@@ -131,7 +135,8 @@ async function main(): Promise<void> {
   if (info.deviceCount === 0) throw new Error(`no GPU: ${info.reason}`);
   const weightBytes = weightLayout(c).bytes;
   console.log(`${values.shape} (${(weightBytes / GiB).toFixed(1)} GiB bf16 weights) at ${context} tokens: full KV ${(fullKvBytes / GiB).toFixed(2)} GiB, budget ${values.budget} = ${((Number(values.budget) * fullKvBytes) / GiB).toFixed(2)} GiB; ${info.deviceName}`);
-  const weights = randomDeviceWeights(c, 1);
+  stream = native().cudaStreamCreate({ highPriority: true });
+  const weights = randomDeviceWeights(c, 1, stream);
   await sync();
   const rows: Row[] = [];
   const d2d = await deviceCopyGbPerS();
@@ -151,10 +156,11 @@ async function main(): Promise<void> {
     dense.dispose();
   }
 
-  const wantsHost = policies.includes('specache') || policies.includes('exact');
+  const onCpu = policies.filter((p) => p === 'exact' || p === 'cpu');
+  const wantsHost = policies.includes('specache') || onCpu.length > 0;
   const host = wantsHost ? hostKv() : null;
   const spec = policies.includes('specache') && host ? new SpecacheResident({ config: c, capacity, dtype: 'bf16', stream }, knobs, host.kv, native().cudaStreamCreate()) : null;
-  const pool = policies.includes('exact') ? new CpuAttentionPool({ threads: os.availableParallelism() }) : null;
+  const pool = onCpu.length > 0 ? new CpuAttentionPool({ threads: os.availableParallelism() }) : null;
   const exact = pool && host ? new ExactResident({ config: c, capacity, dtype: 'bf16', stream }, knobs, host.kv, pool) : null;
   if (host) await fillContext(spec, exact, host);
 
@@ -169,32 +175,39 @@ async function main(): Promise<void> {
     for (const variant of ['overlap', 'serial', 'none'] as const) {
       spec.prefetch = variant;
       spec.drainCopyMs();
-      const r = await timeSteps(dec, steps, pos);
+      let enqueue = 0;
+      const r = await timeSteps(dec, steps, pos, () => (enqueue += dec.enqueueMs / steps));
       pos = r.next;
-      const copyMs = spec.drainCopyMs() / steps;
+      const { copyMs, stallMs } = spec.drainCopyMs();
       byVariant[variant] = median(r.ms);
-      rows.push({ policy: 'specache', variant, deviceKvGiB: spec.deviceBytes / GiB, stepMs: byVariant[variant], tokensPerS: 1000 / byVariant[variant], copyMsPerStep: copyMs });
+      const hidden = variant === 'overlap' && copyMs > 0 ? `, stalled ${(stallMs / steps).toFixed(3)} ms/step: ${(100 * (1 - stallMs / copyMs)).toFixed(1)}% of the copy hidden` : '';
+      rows.push({ policy: 'specache', variant, deviceKvGiB: spec.deviceBytes / GiB, stepMs: byVariant[variant], tokensPerS: 1000 / byVariant[variant], copyMsPerStep: copyMs / steps, note: `host enqueue ${enqueue.toFixed(2)} ms/step${hidden}` });
     }
     spec.prefetch = 'overlap';
     if (values.profile) pos = await profileSteps('specache', dec, 3, pos);
     spec.drainCopyMs();
     const exposed = byVariant.overlap - byVariant.none;
     const copy = byVariant.serial - byVariant.none;
-    rows.push({ policy: 'specache', variant: 'prefetch hidden', deviceKvGiB: spec.deviceBytes / GiB, stepMs: exposed, tokensPerS: NaN, note: `copy ${copy.toFixed(3)} ms/step when serial, ${exposed.toFixed(3)} ms exposed when overlapped: ${(100 * (1 - exposed / copy)).toFixed(0)}% hidden` });
+    rows.push({ policy: 'specache', variant: 'vs no fetch', deviceKvGiB: spec.deviceBytes / GiB, stepMs: exposed, tokensPerS: NaN, note: `step time over the no-fetch variant: ${exposed.toFixed(3)} ms overlapped, ${copy.toFixed(3)} ms serial (noisy: the difference of two medians)` });
     dec.dispose();
   }
 
-  if (exact && pool) {
-    const dec = new ResidentDecoder(c, weights, exact, stream);
+  for (const policy of onCpu) {
+    if (!pool || !host) break;
+    // exact keeps sinks and window on the device (filled above); cpu keeps nothing there.
+    const res = policy === 'exact' ? exact! : new ExactResident({ config: c, capacity, dtype: 'bf16', stream }, { sinks: 0, window: 0 }, host.kv, pool);
+    const dec = new ResidentDecoder(c, weights, res, stream);
     const w = await timeSteps(dec, 1, context);
     const { ms, next } = await timeSteps(dec, Number(values['exact-steps']), w.next);
-    if (values.profile) await profileSteps('exact', dec, 1, next);
+    if (values.profile) await profileSteps(policy, dec, 1, next);
     const stepMs = median(ms);
-    const cpuBytes = c.numLayers * (context - exact.hotCap) * c.numKvHeads * tokenHeadBytes;
-    rows.push({ policy: 'exact', variant: '', deviceKvGiB: exact.deviceBytes / GiB, stepMs, tokensPerS: 1000 / stepMs, note: `CPU reads ${(cpuBytes / GiB).toFixed(1)} GiB/step = ${((cpuBytes / stepMs) * 1e-6).toFixed(1)} GB/s; ratio to host memcpy ${memcpy.gbPerS.toFixed(1)} GB/s (${memcpy.threads} threads): ${((cpuBytes / stepMs) * 1e-6 / memcpy.gbPerS).toFixed(2)}` });
+    const cpuBytes = c.numLayers * (context - res.hotCap) * c.numKvHeads * tokenHeadBytes;
+    const gbs = (cpuBytes / stepMs) * 1e-6;
+    rows.push({ policy, variant: '', deviceKvGiB: res.deviceBytes / GiB, stepMs, tokensPerS: 1000 / stepMs, note: `CPU reads ${(cpuBytes / GiB).toFixed(1)} GiB/step = ${gbs.toFixed(1)} GB/s; ratio to host memcpy ${memcpy.gbPerS.toFixed(1)} GB/s (${memcpy.threads} threads): ${(gbs / memcpy.gbPerS).toFixed(2)}` });
     dec.dispose();
-    await pool.dispose();
+    if (res !== exact) res.dispose();
   }
+  await pool?.dispose();
 
   console.log(`device copy ${d2d.toFixed(0)} GB/s (read + write), host memcpy ${memcpy.gbPerS.toFixed(1)} GB/s (${memcpy.threads} threads)`);
   for (const r of rows)

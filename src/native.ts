@@ -553,19 +553,22 @@ export interface CudaTopKOptions {
 /**
  * Exact softmax attention of each KV head's G query heads over the dequantized tokens [first, end) minus the
  * excluded ones (kiviAttendRef), flash-decoding style: chunks of 512 tokens across the GPU, then a combine.
- * Nothing attended: out zeros, lse -inf. scratchBytes >= cudaKiviAttendScratchBytes({..., maxTokens: end - first}).
+ * Nothing attended: out zeros, lse -inf. scratchBytes >= cudaKiviAttendScratchBytes({..., maxTokens: end - first, rows}).
  */
 export interface CudaKiviAttendOptions extends CudaLowBitShape {
   lowBit: DevRef; // 256-byte aligned; not keysOnly
-  groupSize: number; // G, 1 .. 8
-  q: DevRef; // [numKvHeads * G, headDim] f32
+  groupSize: number; // G, 1 .. 16
+  rows?: number; // query rows attending the same range and exclusions in one pass over the codes; rows * G <= 16; default 1
+  q: DevRef; // row r at q + r * qRowStride floats: [numKvHeads * G, headDim] f32
+  qRowStride?: number; // floats, >= numKvHeads * G * headDim (the default)
   scale: number; // softmax scale
   first: number;
   end: number; // <= floor(capacityTokens / keyGroupSize) * keyGroupSize
   exclude?: DevRef; // u8 [numKvHeads, ldExclude], nonzero = attended elsewhere (full precision)
   ldExclude?: number; // >= end, with exclude
-  out: DevRef; // [numKvHeads * G, headDim] f32
-  lse: DevRef; // [numKvHeads * G] f32
+  out: DevRef; // row r at out + r * outRowStride floats: [numKvHeads * G, headDim] f32
+  outRowStride?: number; // floats, >= numKvHeads * G * headDim (the default)
+  lse: DevRef; // [rows, numKvHeads * G] f32
   scratch: DevRef; // 16-byte aligned
   scratchBytes: number;
   stream?: number;
@@ -616,7 +619,8 @@ export interface NativeAddon {
   cudaCopyD2H(o: CudaHostCopyOptions): void;
   cudaCopyD2D(o: { src: DevRef; dst: DevRef; bytes: number; stream?: number }): void;
   /** A non-blocking stream; 0 is kvoff's default stream, always there. */
-  cudaStreamCreate(): number;
+  /** A non-blocking stream; priority high puts its blocks first (a step's critical path beside side work). */
+  cudaStreamCreate(o?: { highPriority?: boolean }): number;
   /** Waits (blocking) for the stream's work, then destroys it. */
   cudaStreamDestroy(o: { stream: number }): void;
   /** Resolves when all work enqueued so far on the stream has finished; rejects with KvoffDeviceError if it failed. Never blocks a thread. */
@@ -630,6 +634,15 @@ export interface NativeAddon {
   cudaEventFree(o: { event: number }): void;
   cudaKvGather(o: CudaKvGatherOptions): number;
   cudaKvGatherDevice(o: CudaKvGatherDeviceOptions): number;
+  /** Starts capturing the launches enqueued on `stream` into a graph (they are recorded, not run). */
+  cudaGraphBegin(o: { stream?: number }): void;
+  /** Ends the capture and instantiates it; the graph keeps the arenas it touches alive until cudaGraphFree. */
+  cudaGraphEnd(o: { stream?: number }): number;
+  /** Replays a graph on a stream (asynchronous, ordered like any launch). */
+  cudaGraphLaunch(o: { graph: number; stream?: number }): void;
+  cudaGraphFree(o: { graph: number }): void;
+  /** cudaEmbed with the ids already on the device (the last step's argmax), clamped into [0, vocab). */
+  cudaEmbedDevice(o: { table: DevRef; vocab: number; hidden: number; ids: DevRef; rows: number; out: DevRef; stream?: number }): void;
   cudaGemvBf16(o: CudaGemvBf16Options): void;
   // ---- model-side kernels (cuda_model_ops.cc) ----
   cudaUpload(o: CudaUploadOptions): void;

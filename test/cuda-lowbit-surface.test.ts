@@ -83,7 +83,12 @@ describe('CUDA low-bit surface', () => {
     for (const [first, len] of [[0, 1], [511, 2], [700, 1024], [3, 131072 - 3]]) {
       expect(kiviAttendChunks(first!, first! + len!)).toBeLessThanOrEqual(Math.ceil(len! / 512) + 1);
     }
-    expect(() => cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 9, headDim: 128, maxTokens: 1 })).toThrow(KvoffArgumentError);
+    expect(() => cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 17, headDim: 128, maxTokens: 1 })).toThrow(KvoffArgumentError);
+    // rows query rows per call: rows * groupSize <= 16, the scratch grows with rows.
+    expect(cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 4, headDim: 128, maxTokens: 131072, rows: 2 })).toBe(2 * b);
+    expect(cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 4, headDim: 128, maxTokens: 131072, rows: 1 })).toBe(b);
+    expect(() => cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 4, headDim: 128, maxTokens: 1, rows: 5 })).toThrow(KvoffArgumentError);
+    expect(() => cudaKiviAttendScratchBytes({ numKvHeads: 8, groupSize: 4, headDim: 128, maxTokens: 1, rows: 0 })).toThrow(KvoffArgumentError);
   });
 
   it('has a plain top-k reference with absolute positions and a mask', () => {
@@ -140,7 +145,15 @@ describe('CUDA low-bit surface', () => {
 
     expect(() => native().cudaKiviAttend(attendArgs({ end: 993 }))).toThrow('Expected cudaKiviAttend.end in [0, 992] but received 993');
     expect(() => native().cudaKiviAttend(attendArgs({ first: 10, end: 9 }))).toThrow('Expected cudaKiviAttend.end in [10, 992] but received 9');
-    expect(() => native().cudaKiviAttend(attendArgs({ groupSize: 9 }))).toThrow('Expected cudaKiviAttend.groupSize in [1, 8] but received 9');
+    expect(() => native().cudaKiviAttend(attendArgs({ groupSize: 17 }))).toThrow('Expected cudaKiviAttend.groupSize in [1, 16] but received 17');
+    // rows: rows * groupSize <= 16; strides of at least one row (2 heads x 4 x 64 = 512 floats).
+    expect(() => native().cudaKiviAttend(attendArgs({ rows: 5 }))).toThrow('Expected cudaKiviAttend.rows in [1, 4] but received 5');
+    expect(() => native().cudaKiviAttend(attendArgs({ rows: 0 }))).toThrow('Expected cudaKiviAttend.rows in [1, 4] but received 0');
+    expect(() => native().cudaKiviAttend(attendArgs({ groupSize: 8, rows: 3 }))).toThrow('Expected cudaKiviAttend.rows in [1, 2] but received 3');
+    expect(() => native().cudaKiviAttend(attendArgs({ rows: 1.5 }))).toThrow('Expected an integer for cudaKiviAttend.rows but received 1.5');
+    expect(() => native().cudaKiviAttend(attendArgs({ qRowStride: 511 }))).toThrow('Expected cudaKiviAttend.qRowStride in [512, 2147483647] but received 511');
+    expect(() => native().cudaKiviAttend(attendArgs({ outRowStride: 511 }))).toThrow('Expected cudaKiviAttend.outRowStride in [512, 2147483647] but received 511');
+    expect(() => native().cudaKiviAttend(attendArgs({ outRowStride: 'x' as unknown as number }))).toThrow(/Expected an integer for cudaKiviAttend.outRowStride/);
     expect(() => native().cudaKiviAttend(attendArgs({ keysOnly: true }))).toThrow(/for cudaKiviAttend.keysOnly but received true/);
     expect(() => native().cudaKiviAttend(attendArgs({ scale: NaN }))).toThrow('Expected a finite number for cudaKiviAttend.scale but received NaN');
     expect(() => native().cudaKiviAttend(attendArgs({ exclude: ref(5 << 20), ldExclude: 991 }))).toThrow('Expected cudaKiviAttend.ldExclude in [992, 2147483647] but received 991');
@@ -151,6 +164,12 @@ describe('CUDA low-bit surface', () => {
     expect(e).toBeInstanceOf(KvoffCapacityError);
     expect(e).toMatchObject({ needed, available: needed - 1 });
     expect((e as Error).message).toContain('cudaKiviAttendScratchBytes');
+    // Two rows need twice the scratch; an exact fit passes the check (and fails later only for want of a GPU).
+    const needed2 = 2 * needed;
+    const e2 = thrown(() => native().cudaKiviAttend(attendArgs({ rows: 2, scratchBytes: needed2 - 1 })));
+    expect(e2).toBeInstanceOf(KvoffCapacityError);
+    expect(e2).toMatchObject({ needed: needed2, available: needed2 - 1 });
+    if (!gpuUsable) expect(thrown(() => native().cudaKiviAttend(attendArgs({ rows: 2, scratchBytes: needed2 })))).toBeInstanceOf(KvoffDeviceError);
   });
 
   it.skipIf(gpuUsable)('without a usable GPU every well-formed call fails with the reason, naming the call', () => {

@@ -30,6 +30,7 @@ const GOOD: Record<string, Record<string, unknown>> = {
   cudaDownload: { src: ref(0), bytes: 16 },
   cudaFillRandom: { dst: ref(0), count: 64, dtype: 'bf16', seed: 7, scale: 0.02 },
   cudaEmbed: { table: ref(0), vocab: 10, hidden: 8, ids: Int32Array.of(0, 9, 3), out: ref(4096) },
+  cudaEmbedDevice: { table: ref(0), vocab: 10, hidden: 8, ids: ref(8192), rows: 2, out: ref(4096) },
   cudaRmsNorm: { x: ref(0), weight: ref(4096), out: ref(0), rows: 2, n: 16, eps: 1e-5 },
   cudaRope: { x: ref(0), rows: 2, heads: 2, headDim: 8, cos: ref(4096), sin: ref(8192) },
   cudaGemm: { w: ref(0), x: ref(4096), y: ref(8192), m: 2, n: 8, k: 16 },
@@ -96,6 +97,8 @@ describe('CUDA model-kernel surface', () => {
     // Token ids outside [0, vocab): named with the range.
     expect(() => n().cudaEmbed({ ...GOOD.cudaEmbed, ids: Int32Array.of(0, 10) })).toThrow('Expected cudaEmbed.ids in [0, 9] but received 10');
     expect(() => n().cudaEmbed({ ...GOOD.cudaEmbed, ids: Int32Array.of(-1) })).toThrow('Expected cudaEmbed.ids in [0, 9] but received -1');
+    expect(() => n().cudaEmbedDevice({ ...GOOD.cudaEmbedDevice, rows: 0 })).toThrow('Expected cudaEmbedDevice.rows in [1, 1048576] but received 0');
+    expect(() => n().cudaEmbedDevice({ ...GOOD.cudaEmbedDevice, ids: Int32Array.of(1) })).toThrow(/cudaEmbedDevice.ids/);
     // A host arena's handle where a device arena belongs.
     const host = new HostArena(4096);
     try {

@@ -43,7 +43,7 @@ const gemvArgs = { rows: 4, cols: 8, w: { devHandle: DEV, devOffset: 0 }, x: { d
 const ENTRIES = [
   'cudaArenaCreate', 'cudaArenaFree', 'cudaArenaWrite', 'cudaArenaRead', 'cudaArenaTotals', 'cudaCopyH2D', 'cudaCopyD2H', 'cudaCopyD2D',
   'cudaStreamCreate', 'cudaStreamDestroy', 'cudaStreamSynchronize', 'cudaEventRecord', 'cudaStreamWaitEvent', 'cudaEventElapsedMs',
-  'cudaEventFree', 'cudaKvGather', 'cudaKvGatherDevice', 'cudaGemvBf16',
+  'cudaEventFree', 'cudaKvGather', 'cudaKvGatherDevice', 'cudaGemvBf16', 'cudaGraphBegin', 'cudaGraphEnd', 'cudaGraphLaunch', 'cudaGraphFree',
 ] as const;
 
 const dref = (devOffset: number) => ({ devHandle: DEV, devOffset });
@@ -83,6 +83,10 @@ describe('CUDA device-tier surface', () => {
       ['cudaKvGather', () => native().cudaKvGather(gatherArgs())],
       ['cudaGemvBf16', () => native().cudaGemvBf16(gemvArgs)],
       ['cudaKvGatherDevice', () => native().cudaKvGatherDevice(gatherDeviceArgs(host.handle))],
+      ['cudaGraphBegin', () => native().cudaGraphBegin({})],
+      ['cudaGraphEnd', () => native().cudaGraphEnd({ stream: 0 })],
+      ['cudaGraphLaunch', () => native().cudaGraphLaunch({ graph: 1 })],
+      ['cudaGraphFree', () => native().cudaGraphFree({ graph: 1 })],
     ];
     for (const [name, call] of calls) {
       const e = thrown(call);
@@ -136,6 +140,8 @@ describe('CUDA device-tier surface', () => {
     expect(() => native().cudaKvGather(gatherArgs({ positions: new Int32Array(3) }))).toThrow('Expected Int32Array(4) for cudaKvGather.positions but received Int32Array(3)');
     expect(() => native().cudaKvGather(gatherArgs({ offset: 1 }))).toThrow(/an even byte offset .* for cudaKvGather.offset but received 1/);
     expect(() => native().cudaKvGather(gatherArgs({ numBlocks: 5 }))).toThrow(/Expected the KV region .* to fit in arena/);
+    expect(() => native().cudaGraphLaunch({ graph: 0 })).toThrow('Expected cudaGraphLaunch.graph in [1, 4294967295] but received 0');
+    expect(() => native().cudaGraphFree({ graph: -1 })).toThrow(KvoffRangeError);
     const gdHost = hostArena(4096);
     const gd = (o: object) => native().cudaKvGatherDevice({ ...gatherDeviceArgs(gdHost.handle), ...o });
     expect(() => gd({ dstSlot: 1 })).toThrow('Expected dstSlot + n <= dstCapacity (4) for cudaKvGatherDevice.dstSlot but received 1 + 4');

@@ -119,9 +119,12 @@ Napi::Value CudaCopyD2D(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value CudaStreamCreate(const Napi::CallbackInfo& info) {
+  // Optional options: {highPriority?: boolean}.
+  bool high = false;
+  if (info.Length() > 0 && !info[0].IsUndefined()) high = CudaArgs(info, "cudaStreamCreate").boolean_or("highPriority", false);
   require_gpu(info.Env(), "cudaStreamCreate");
   uint32_t h = 0;
-  throw_cuda_status(info.Env(), cuda_stream_create(&h));
+  throw_cuda_status(info.Env(), cuda_stream_create(&h, high));
   return Napi::Number::New(info.Env(), h);
 }
 
@@ -241,6 +244,43 @@ Napi::Value CudaEventFree(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+Napi::Value CudaGraphBegin(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaGraphBegin");
+  const uint32_t stream = a.stream_handle("stream");
+  a.require_gpu();
+  a.require_stream("stream", stream);
+  a.check(cuda_graph_begin(stream));
+  return a.env().Undefined();
+}
+
+Napi::Value CudaGraphEnd(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaGraphEnd");
+  const uint32_t stream = a.stream_handle("stream");
+  a.require_gpu();
+  a.require_stream("stream", stream);
+  uint32_t h = 0;
+  a.check(cuda_graph_end(stream, &h));
+  return Napi::Number::New(a.env(), h);
+}
+
+Napi::Value CudaGraphLaunch(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaGraphLaunch");
+  const uint32_t graph = static_cast<uint32_t>(a.integer("graph", 1, 0xffffffffLL));
+  const uint32_t stream = a.stream_handle("stream");
+  a.require_gpu();
+  a.require_stream("stream", stream);
+  a.check(cuda_graph_launch(graph, stream));
+  return a.env().Undefined();
+}
+
+Napi::Value CudaGraphFree(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaGraphFree");
+  const uint32_t graph = static_cast<uint32_t>(a.integer("graph", 1, 0xffffffffLL));
+  a.require_gpu();
+  a.check(cuda_graph_free(graph));
+  return a.env().Undefined();
+}
+
 // Needs no GPU: all zeros without one, so leak checks run everywhere.
 Napi::Value CudaArenaTotals(const Napi::CallbackInfo& info) {
   const CudaTotals t = cuda_totals();
@@ -269,6 +309,10 @@ void register_cuda_device_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaStreamDestroy", Napi::Function::New(env, CudaStreamDestroy, "cudaStreamDestroy"));
   exports.Set("cudaStreamSynchronize", Napi::Function::New(env, CudaStreamSynchronize, "cudaStreamSynchronize"));
   exports.Set("cudaEventRecord", Napi::Function::New(env, CudaEventRecord, "cudaEventRecord"));
+  exports.Set("cudaGraphBegin", Napi::Function::New(env, CudaGraphBegin, "cudaGraphBegin"));
+  exports.Set("cudaGraphEnd", Napi::Function::New(env, CudaGraphEnd, "cudaGraphEnd"));
+  exports.Set("cudaGraphLaunch", Napi::Function::New(env, CudaGraphLaunch, "cudaGraphLaunch"));
+  exports.Set("cudaGraphFree", Napi::Function::New(env, CudaGraphFree, "cudaGraphFree"));
   exports.Set("cudaStreamWaitEvent", Napi::Function::New(env, CudaStreamWaitEvent, "cudaStreamWaitEvent"));
   exports.Set("cudaEventElapsedMs", Napi::Function::New(env, CudaEventElapsedMs, "cudaEventElapsedMs"));
   exports.Set("cudaEventFree", Napi::Function::New(env, CudaEventFree, "cudaEventFree"));

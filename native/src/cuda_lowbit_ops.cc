@@ -162,7 +162,11 @@ Napi::Value CudaKiviAttend(const Napi::CallbackInfo& info) {
   c.layout = lowbit_layout(c.shape);
   c.lowBit = a.dev_ref("lowBit");
   c.groupSize = static_cast<uint32_t>(a.integer("groupSize", 1, kAttendMaxG));
-  c.q = a.dev_ref("q");  // [numKvHeads * G, headDim] f32
+  c.rows = static_cast<uint32_t>(a.integer_or("rows", 1, kAttendMaxG / c.groupSize, 1));  // rows * G <= kAttendMaxG
+  const uint64_t H = c.shape.numKvHeads, G = c.groupSize, D = c.shape.headDim, R = c.rows;
+  const int64_t rowFloats = static_cast<int64_t>(H * G * D);
+  c.q = a.dev_ref("q");  // row r at + r * qRowStride floats: [numKvHeads * G, headDim] f32
+  c.qRowStride = static_cast<uint64_t>(a.integer_or("qRowStride", rowFloats, kMaxLd, rowFloats));
   c.scale = static_cast<float>(a.number("scale"));
   const int64_t maxTokens = static_cast<int64_t>(c.layout.maxGroups * c.shape.keyGroupSize);
   c.first = static_cast<uint64_t>(a.integer("first", 0, maxTokens));
@@ -172,32 +176,33 @@ Napi::Value CudaKiviAttend(const Napi::CallbackInfo& info) {
     c.exclude = a.dev_ref("exclude");  // u8 [numKvHeads, ldExclude]
     c.ldExclude = static_cast<uint64_t>(a.integer("ldExclude", std::max<int64_t>(static_cast<int64_t>(c.end), 1), kMaxLd));
   }
-  c.out = a.dev_ref("out");  // [numKvHeads * G, headDim] f32
-  c.lse = a.dev_ref("lse");  // [numKvHeads * G] f32
+  c.out = a.dev_ref("out");  // row r at + r * outRowStride floats: [numKvHeads * G, headDim] f32
+  c.outRowStride = static_cast<uint64_t>(a.integer_or("outRowStride", rowFloats, kMaxLd, rowFloats));
+  c.lse = a.dev_ref("lse");  // [rows, numKvHeads * G] f32
   c.scratch = a.dev_ref("scratch");
   const uint64_t scratchBytes = static_cast<uint64_t>(a.integer("scratchBytes", 0, kMaxSafe));
   c.stream = a.stream_handle("stream");
-  const uint64_t H = c.shape.numKvHeads, G = c.groupSize, D = c.shape.headDim;
-  const uint64_t needed = kivi_attend_scratch_bytes(H, G, D, kivi_attend_chunks(c.first, c.end));
+  const uint64_t needed = kivi_attend_scratch_bytes(H, G, D, kivi_attend_chunks(c.first, c.end), R);
   if (scratchBytes < needed)
     throw_error(a.env(), kErrCapacity,
                 "Expected room for " + std::to_string(needed) + " bytes of cudaKiviAttend.scratch but only " + std::to_string(scratchBytes) +
-                    " are available; size it with cudaKiviAttendScratchBytes({numKvHeads, groupSize, headDim, maxTokens})");
-  const uint64_t qBytes = H * G * D * 4, lseBytes = H * G * 4, exBytes = c.hasExclude ? H * c.ldExclude : 0;
+                    " are available; size it with cudaKiviAttendScratchBytes({numKvHeads, groupSize, headDim, maxTokens, rows})");
+  const uint64_t qBytes = ((R - 1) * c.qRowStride + H * G * D) * 4, outBytes = ((R - 1) * c.outRowStride + H * G * D) * 4;
+  const uint64_t lseBytes = R * H * G * 4, exBytes = c.hasExclude ? H * c.ldExclude : 0;
   a.require_gpu();
   a.require_stream("stream", c.stream);
   a.dev_range("lowBit", c.lowBit, c.layout.layerBytes, kLowBitAlign);
   a.dev_range("q", c.q, qBytes, 4);
   if (c.hasExclude) a.dev_range("exclude", c.exclude, exBytes, 1);
-  a.dev_range("out", c.out, qBytes, 4);
+  a.dev_range("out", c.out, outBytes, 4);
   a.dev_range("lse", c.lse, lseBytes, 4);
   a.dev_range("scratch", c.scratch, scratchBytes, 16);
-  no_overlap(a, "out", c.out, qBytes, "q", c.q, qBytes);
-  no_overlap(a, "out", c.out, qBytes, "lse", c.lse, lseBytes);
-  no_overlap(a, "out", c.out, qBytes, "lowBit", c.lowBit, c.layout.layerBytes);
+  no_overlap(a, "out", c.out, outBytes, "q", c.q, qBytes);
+  no_overlap(a, "out", c.out, outBytes, "lse", c.lse, lseBytes);
+  no_overlap(a, "out", c.out, outBytes, "lowBit", c.lowBit, c.layout.layerBytes);
   no_overlap(a, "lse", c.lse, lseBytes, "q", c.q, qBytes);
   no_overlap(a, "lse", c.lse, lseBytes, "lowBit", c.lowBit, c.layout.layerBytes);
-  for (const auto& [name, ref, bytes] : {std::tuple<const char*, DevRef, uint64_t>{"q", c.q, qBytes}, {"out", c.out, qBytes}, {"lse", c.lse, lseBytes},
+  for (const auto& [name, ref, bytes] : {std::tuple<const char*, DevRef, uint64_t>{"q", c.q, qBytes}, {"out", c.out, outBytes}, {"lse", c.lse, lseBytes},
                                          {"lowBit", c.lowBit, c.layout.layerBytes}, {"exclude", c.exclude, exBytes}})
     no_overlap(a, "scratch", c.scratch, needed, name, ref, bytes);
   a.check(cuda_kivi_attend(c));

@@ -214,6 +214,27 @@ Napi::Value CudaEmbed(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+Napi::Value CudaEmbedDevice(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaEmbedDevice");
+  const DevRef table = dev(a, "table");  // [vocab, hidden] bf16
+  const int64_t vocab = a.integer("vocab", 1, kMaxDim);
+  const int64_t hidden = a.integer("hidden", 1, kMaxDim);
+  const DevRef ids = dev(a, "ids");  // int32 [rows], clamped into [0, vocab) by the kernel
+  const int64_t rows = a.integer("rows", 1, 1 << 20);
+  const DevRef out = dev(a, "out");  // [rows, hidden] f32
+  const uint32_t stream = a.stream_handle("stream");
+  const uint64_t tableBytes = bytes_of(a, "table", {static_cast<uint64_t>(vocab), static_cast<uint64_t>(hidden)}, 2);
+  const uint64_t outBytes = bytes_of(a, "out", {static_cast<uint64_t>(rows), static_cast<uint64_t>(hidden)}, 4);
+  gpu_and_stream(a, stream);
+  a.dev_range("table", table, tableBytes, 2);
+  a.dev_range("ids", ids, static_cast<uint64_t>(rows) * 4, 4);
+  a.dev_range("out", out, outBytes, 4);
+  apart(a, "out", out, outBytes, "table", table, tableBytes);
+  apart(a, "out", out, outBytes, "ids", ids, static_cast<uint64_t>(rows) * 4);
+  a.check(cuda_embed_device(table, static_cast<uint32_t>(hidden), static_cast<uint32_t>(vocab), ids, static_cast<uint32_t>(rows), out, stream));
+  return a.env().Undefined();
+}
+
 // ---- cudaRmsNorm ----
 
 Napi::Value CudaRmsNorm(const Napi::CallbackInfo& info) {
@@ -366,6 +387,7 @@ void register_cuda_model_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaDownload", Napi::Function::New(env, CudaDownload, "cudaDownload"));
   exports.Set("cudaFillRandom", Napi::Function::New(env, CudaFillRandom, "cudaFillRandom"));
   exports.Set("cudaEmbed", Napi::Function::New(env, CudaEmbed, "cudaEmbed"));
+  exports.Set("cudaEmbedDevice", Napi::Function::New(env, CudaEmbedDevice, "cudaEmbedDevice"));
   exports.Set("cudaRmsNorm", Napi::Function::New(env, CudaRmsNorm, "cudaRmsNorm"));
   exports.Set("cudaRope", Napi::Function::New(env, CudaRope, "cudaRope"));
   exports.Set("cudaGemm", Napi::Function::New(env, CudaGemm, "cudaGemm"));

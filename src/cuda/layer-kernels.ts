@@ -1,7 +1,7 @@
 // One decoder layer's dense kernels enqueued on a stream over device buffers (no host traffic): shared by the CUDA
 // dense layers (host in, host out) and the device-resident decode step (activations never leave the GPU).
 import type { ModelConfig } from '../model/types.js';
-import { native } from '../native.js';
+import { native, type DevRef } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
 
 /** Activations of up to `rows` tokens, f32. */
@@ -23,18 +23,26 @@ export function activationLayout(c: ModelConfig, rows: number): DeviceLayout {
 export const qkvWidth = (c: ModelConfig): number => (c.numHeads + 2 * c.numKvHeads) * c.headDim;
 
 export class LayerKernels {
+  // DevRefs resolved once: a decode step makes hundreds of launches, and each lookup would allocate.
+  readonly #w: Array<Record<string, DevRef>>;
+  readonly #final: { norm: DevRef; lmHead: DevRef };
   constructor(
     readonly c: ModelConfig,
     readonly weights: DeviceArena, // weightLayout(c) (cuda-weights.ts)
     readonly stream: number,
-  ) {}
+  ) {
+    const parts = ['inNorm', 'qkv', 'o', 'postNorm', 'gateUp', 'down'];
+    this.#w = Array.from({ length: c.numLayers }, (_, l) => Object.fromEntries(parts.map((p) => [p, weights.ref(`${l}.${p}`)])));
+    this.#final = { norm: weights.ref('norm'), lmHead: weights.ref('lmHead') };
+  }
 
   /** x [T, H] -> qkv [T, width]: input_layernorm, the fused q|k|v projection, RoPE on q and k (cos/sin already in a). */
   pre(a: DeviceArena, layer: number, T: number): void {
     const { c, stream } = this;
     const width = qkvWidth(c);
-    native().cudaRmsNorm({ x: a.ref('x'), weight: this.weights.ref(`${layer}.inNorm`), out: a.ref('n'), rows: T, n: c.hiddenSize, eps: c.rmsNormEps, stream });
-    native().cudaGemm({ w: this.weights.ref(`${layer}.qkv`), x: a.ref('n'), y: a.ref('qkv'), m: T, n: width, k: c.hiddenSize, stream });
+    const w = this.#w[layer];
+    native().cudaRmsNorm({ x: a.ref('x'), weight: w.inNorm, out: a.ref('n'), rows: T, n: c.hiddenSize, eps: c.rmsNormEps, stream });
+    native().cudaGemm({ w: w.qkv, x: a.ref('n'), y: a.ref('qkv'), m: T, n: width, k: c.hiddenSize, stream });
     const rope = { rows: T, headDim: c.headDim, rowStride: width, cos: a.ref('cos'), sin: a.ref('sin'), stream };
     native().cudaRope({ ...rope, x: a.ref('qkv'), heads: c.numHeads });
     native().cudaRope({ ...rope, x: a.ref('qkv', c.numHeads * c.headDim * 4), heads: c.numKvHeads });
@@ -44,18 +52,18 @@ export class LayerKernels {
   post(a: DeviceArena, layer: number, T: number): void {
     const { c, stream } = this;
     const { hiddenSize: H, intermediateSize: I } = c;
-    const w = (part: string) => this.weights.ref(`${layer}.${part}`);
-    native().cudaGemm({ w: w('o'), x: a.ref('attn'), y: a.ref('x'), m: T, n: H, k: c.numHeads * c.headDim, accumulate: true, stream });
-    native().cudaRmsNorm({ x: a.ref('x'), weight: w('postNorm'), out: a.ref('n'), rows: T, n: H, eps: c.rmsNormEps, stream });
-    native().cudaGemm({ w: w('gateUp'), x: a.ref('n'), y: a.ref('gateUp'), m: T, n: 2 * I, k: H, stream });
+    const w = this.#w[layer];
+    native().cudaGemm({ w: w.o, x: a.ref('attn'), y: a.ref('x'), m: T, n: H, k: c.numHeads * c.headDim, accumulate: true, stream });
+    native().cudaRmsNorm({ x: a.ref('x'), weight: w.postNorm, out: a.ref('n'), rows: T, n: H, eps: c.rmsNormEps, stream });
+    native().cudaGemm({ w: w.gateUp, x: a.ref('n'), y: a.ref('gateUp'), m: T, n: 2 * I, k: H, stream });
     native().cudaSwiGlu({ gateUp: a.ref('gateUp'), out: a.ref('act'), m: T, inter: I, stream });
-    native().cudaGemm({ w: w('down'), x: a.ref('act'), y: a.ref('x'), m: T, n: H, k: I, accumulate: true, stream });
+    native().cudaGemm({ w: w.down, x: a.ref('act'), y: a.ref('x'), m: T, n: H, k: I, accumulate: true, stream });
   }
 
   /** x [T, H] -> logits [T, V] (final norm, lm_head). */
   head(a: DeviceArena, T: number): void {
     const { c, stream } = this;
-    native().cudaRmsNorm({ x: a.ref('x'), weight: this.weights.ref('norm'), out: a.ref('n'), rows: T, n: c.hiddenSize, eps: c.rmsNormEps, stream });
-    native().cudaGemm({ w: this.weights.ref('lmHead'), x: a.ref('n'), y: a.ref('logits'), m: T, n: c.vocabSize, k: c.hiddenSize, stream });
+    native().cudaRmsNorm({ x: a.ref('x'), weight: this.#final.norm, out: a.ref('n'), rows: T, n: c.hiddenSize, eps: c.rmsNormEps, stream });
+    native().cudaGemm({ w: this.#final.lmHead, x: a.ref('n'), y: a.ref('logits'), m: T, n: c.vocabSize, k: c.hiddenSize, stream });
   }
 }

@@ -3,7 +3,7 @@
 //   dense:    the whole KV of every layer in device memory, flash-decoding over it;
 //   specache: a KIVI low-bit copy of the whole KV plus a hot set (sinks, recent window, top-k) on the device, the
 //             full-precision KV in pinned host memory; the speculative row's low-bit scores pick the next step's
-//             top-k, which the copy stream fetches (zero-copy gather) while the rest of this step computes;
+//             top-k, which the copy stream selects and fetches (zero-copy gather) while the rest of this step computes;
 //   exact:    sinks and window on the device, every other token attended exactly by the CPU workers over the host
 //             KV, merged by LSE: only q goes down and (o, lse) comes back per layer.
 import type { CpuAttentionPool } from '../cpu-attention.js';
@@ -139,18 +139,20 @@ function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): Dev
     .add('oTail', 2 * c.numHeads * c.headDim * 4) // [2 rows, nH, D]
     .add('lseTail', 2 * c.numHeads * 4) // [2 rows, nH]
     .add('scores', c.numKvHeads * capacity * 4) // f32 [Hkv, capacity]
+    .add('selectQ', c.numLayers * c.numHeads * c.headDim * 4) // f32 [numLayers, nH, D]: each layer's selecting query, aside
     .add('gatherTable', c.numKvHeads * k.topK * 8) // uint32 [Hkv * topK, 2]
     .add('blockTable', capacity * 4) // int32 [<= capacity blocks]
-    .add('tailScratch', cudaKiviAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxTokens: capacity }));
+    .add('tailScratch', cudaKiviAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxTokens: capacity, rows: 2 }));
 }
 
 export class SpecacheResident implements ResidentAttention {
   readonly speculative = true;
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
-  readonly #fetched: number[]; // [numLayers] event after each layer's last prefetch, 0 when none pending
+  #fetched = 0; // event after the copy stream's last selection and fetch, 0 when none is pending
   copyEvents: Array<[number, number]> = []; // (start, end) timing events of the prefetches, for the copy time
-  /** 'overlap' (the design), 'serial' (gather on the compute stream) or 'none' (no fetch: a lower bound). */
+  stallEvents: Array<[number, number]> = []; // (before, after) the compute stream's wait for a prefetch
+  /** 'overlap' (the design: selection and gather on the copy stream), 'serial' (both on the compute stream) or 'none' (selection on the copy stream, no fetch: a lower bound). */
   prefetch: 'overlap' | 'serial' | 'none' = 'overlap';
 
   constructor(
@@ -163,7 +165,6 @@ export class SpecacheResident implements ResidentAttention {
     if (k.window % k.keyGroupSize !== 0) throw new Error(`specache window ${k.window} must be a multiple of keyGroupSize ${k.keyGroupSize}`);
     this.#hotCap = hotCapacity(k);
     this.#arena = DeviceArena.create(specacheLayout(c, s.capacity, k));
-    this.#fetched = new Array(c.numLayers).fill(0);
     const bt = host.blockIds;
     native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
   }
@@ -187,27 +188,35 @@ export class SpecacheResident implements ResidentAttention {
     native().cudaKiviQuantize({ ...this.#lowBit(layer), kv, dtype: this.s.dtype, kvCapacity, kvFirstRow, first, tokens });
   }
 
-  /** Scores the quantized keys with q, keeps the best topK of [sinks, n - window) per KV head and starts fetching them. */
+  /**
+   * Picks the next step's top-k of this layer from query q ([nH, D]) and fetches it. Nothing in this step needs the
+   * result, so with prefetch 'overlap' or 'none' it all runs on the copy stream, beside the rest of the step: q is
+   * first copied aside (the next layer reuses its buffer), then scores, top-k (picks and the tail's exclusion mask)
+   * and the gather follow there. 'serial' does the same on the compute stream.
+   */
   select(layer: number, q: DevRef, n: number): void {
     const { config: c, stream, capacity } = this.s;
     const { sinks, window, topK, keyGroupSize } = this.k;
-    native().cudaKiviScores({ ...this.#lowBit(layer), groupSize: c.numHeads / c.numKvHeads, q, numGroups: Math.floor(n / keyGroupSize), out: this.ref('scores'), ldOut: capacity });
-    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: capacity, first: sinks, n: n - window - sinks, k: topK, out: this.ref(`picks${layer}`), mask: this.ref(`mask${layer}`), stream });
-    this.#fetch(layer);
-  }
-
-  #fetch(layer: number): void {
-    if (this.prefetch === 'none') return;
-    const { stream } = this.s;
-    const on = this.prefetch === 'overlap' ? this.copyStream : stream;
-    if (on !== stream) waitFor(on, stream); // the top-k it reads is computed on the compute stream
-    const t0 = native().cudaEventRecord({ stream: on, timing: true });
-    native().cudaKvGatherDevice({
-      ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
-      n: this.k.topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: this.k.sinks + this.k.window, table: this.ref('gatherTable'), stream: on,
-    });
-    this.copyEvents.push([t0, native().cudaEventRecord({ stream: on, timing: true })]);
-    if (on !== stream) this.#fetched[layer] = native().cudaEventRecord({ stream: on });
+    const on = this.prefetch === 'serial' ? stream : this.copyStream;
+    const qAside = this.ref('selectQ', layer * c.numHeads * c.headDim * 4); // per layer: the copy stream may lag a few layers
+    native().cudaCopyD2D({ src: q, dst: qAside, bytes: c.numHeads * c.headDim * 4, stream });
+    if (on !== stream) waitFor(on, stream); // after this layer's tail has read the old mask, and q is aside
+    native().cudaKiviScores({ ...this.#lowBit(layer), stream: on, groupSize: c.numHeads / c.numKvHeads, q: qAside, numGroups: Math.floor(n / keyGroupSize), out: this.ref('scores'), ldOut: capacity });
+    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: capacity, first: sinks, n: n - window - sinks, k: topK, out: this.ref(`picks${layer}`), mask: this.ref(`mask${layer}`), stream: on });
+    if (this.prefetch !== 'none') {
+      const t0 = native().cudaEventRecord({ stream: on, timing: true });
+      native().cudaKvGatherDevice({
+        ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
+        n: topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
+      });
+      this.copyEvents.push([t0, native().cudaEventRecord({ stream: on, timing: true })]);
+    }
+    // The next step waits for the copy stream once, before its first layer: the copy stream works in layer order,
+    // so its last event covers every layer's hot rows and exclusion mask (one wait a step, not one a layer).
+    if (on !== stream) {
+      if (this.#fetched !== 0) native().cudaEventFree({ event: this.#fetched }); // superseded (freeing a pending event is fine)
+      this.#fetched = native().cudaEventRecord({ stream: on });
+    }
   }
 
   /** A prefilled layer (staged on the device): its low-bit copy (complete key groups) and the hot sinks and window. */
@@ -216,6 +225,19 @@ export class SpecacheResident implements ResidentAttention {
     const groups = Math.floor(staged.n / keyGroupSize) * keyGroupSize;
     this.quantize(layer, staged.kv(0), staged.n, 0, 0, groups);
     fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, sinks, window, this.s.stream);
+  }
+
+  /**
+   * Makes the compute stream wait for the copy stream's selections and fetches, between two timing events: their
+   * distance is the time the step stalled on them (zero when they finished first), i.e. the copy time left exposed.
+   */
+  #awaitFetch(): void {
+    const stream = this.s.stream;
+    const before = native().cudaEventRecord({ stream, timing: true });
+    native().cudaStreamWaitEvent({ stream, event: this.#fetched });
+    this.stallEvents.push([before, native().cudaEventRecord({ stream, timing: true })]);
+    native().cudaEventFree({ event: this.#fetched });
+    this.#fetched = 0;
   }
 
   /** Scores with a zero query (every score ties, so the first topK positions win) and fetches: the state after a prefill. */
@@ -239,48 +261,55 @@ export class SpecacheResident implements ResidentAttention {
     native().cudaKvWrite({ ...shape, k: real.k, v: real.v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: sinks + (p % window) });
     if (n % keyGroupSize === 0) this.quantize(layer, hot, this.#hotCap, sinks + ((n - keyGroupSize) % window), n - keyGroupSize, keyGroupSize);
     step.mark?.('store');
-    if (this.#fetched[layer] !== 0) {
-      native().cudaStreamWaitEvent({ stream, event: this.#fetched[layer] }); // this layer's top-k rows, fetched last step
-      native().cudaEventFree({ event: this.#fetched[layer] });
-      this.#fetched[layer] = 0;
-    }
+    if (layer === 0 && this.#fetched !== 0) this.#awaitFetch(); // the previous step's selections and fetches, all layers
     const scratch = { scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch') };
     const tail = { scratch: this.ref('tailScratch'), scratchBytes: this.#arena.bytesOf('tailScratch') };
+    const out = (row: number) => a.ref('attn', row * c.numHeads * c.headDim * 4);
+    const lse = (row: number) => this.ref('lse', row * c.numHeads * 4);
     for (let row = 0; row < step.rows; row++) {
       const { q, k, v } = qkvRefs(c, a, row);
       // The speculative row's KV is never stored: it joins through the last hot slot, which only it attends.
       if (row === 1) native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: this.#hotCap - 1 });
       const attended = row === 0 ? this.#hotCap - 1 : this.#hotCap;
-      const out = a.ref('attn', row * c.numHeads * c.headDim * 4);
-      const lse = this.ref('lse', row * c.numHeads * 4);
-      native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(attended), q, scale: scaleOf(c), out, lse, ...scratch });
-      step.mark?.('hot attention');
-      const oT = this.ref('oTail', row * c.numHeads * c.headDim * 4);
-      const lT = this.ref('lseTail', row * c.numHeads * 4);
-      native().cudaKiviAttend({ ...this.#lowBit(layer), groupSize: G, q, scale: scaleOf(c), first: sinks, end: Math.max(sinks, n - window), exclude: this.ref(`mask${layer}`), ldExclude: this.s.capacity, out: oT, lse: lT, ...tail });
-      native().cudaLseMerge({ rows: c.numHeads, headDim: c.headDim, oA: out, lseA: lse, oB: oT, lseB: lT, out, lseOut: lse, stream });
-      step.mark?.('low-bit tail');
+      native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(attended), q, scale: scaleOf(c), out: out(row), lse: lse(row), ...scratch });
     }
+    step.mark?.('hot attention');
+    // Both rows attend the same low-bit tail minus the same exclusions: one pass over the codes serves them
+    // (outputs [rows, nH, D] and [rows, nH]); then each row merges with its hot part.
+    native().cudaKiviAttend({
+      ...this.#lowBit(layer), groupSize: G, rows: step.rows, q: qkvRefs(c, a, 0).q, qRowStride: qkvWidth(c), scale: scaleOf(c), first: sinks, end: Math.max(sinks, n - window),
+      exclude: this.ref(`mask${layer}`), ldExclude: this.s.capacity, out: this.ref('oTail'), lse: this.ref('lseTail'), ...tail,
+    });
+    // Both rows' hot and tail parts are [rows, nH, D] and [rows, nH], contiguous: one merge.
+    const merged = step.rows * c.numHeads;
+    native().cudaLseMerge({ rows: merged, headDim: c.headDim, oA: out(0), lseA: lse(0), oB: this.ref('oTail'), lseB: this.ref('lseTail'), out: out(0), lseOut: lse(0), stream });
+    step.mark?.('low-bit tail');
     // The speculative row (the real one when there is none) picks the next step's top-k and starts its fetch.
     this.select(layer, qkvRefs(c, a, step.rows - 1).q, n);
     step.mark?.('select');
   }
 
-  /** Copy time of the prefetches so far (ms, from their events), freeing those events. Call after a synchronize. */
-  drainCopyMs(): number {
-    let ms = 0;
-    for (const [t0, t1] of this.copyEvents) {
-      ms += native().cudaEventElapsedMs({ start: t0, end: t1 });
-      native().cudaEventFree({ event: t0 });
-      native().cudaEventFree({ event: t1 });
-    }
-    this.copyEvents = [];
-    return ms;
+  /**
+   * Copy time of the prefetches so far and the part of it the compute stream waited for (ms, from their events),
+   * freeing those events. Call after a synchronize.
+   */
+  drainCopyMs(): { copyMs: number; stallMs: number } {
+    const sum = (pairs: Array<[number, number]>): number => {
+      let ms = 0;
+      for (const [t0, t1] of pairs) {
+        ms += native().cudaEventElapsedMs({ start: t0, end: t1 });
+        native().cudaEventFree({ event: t0 });
+        native().cudaEventFree({ event: t1 });
+      }
+      return ms;
+    };
+    const copyMs = sum(this.copyEvents.splice(0));
+    return { copyMs, stallMs: sum(this.stallEvents.splice(0)) };
   }
 
   dispose(): void {
     this.drainCopyMs();
-    for (const e of this.#fetched) if (e !== 0) native().cudaEventFree({ event: e });
+    if (this.#fetched !== 0) native().cudaEventFree({ event: this.#fetched });
     this.#arena.free();
   }
 }
@@ -288,6 +317,7 @@ export class SpecacheResident implements ResidentAttention {
 /**
  * exact: sinks and the recent window on the device (a ring, as specache's), the rest on the CPU workers over the host
  * KV. Per layer q comes down, the workers attend while the device does its part, (o, lse) goes up and merges.
+ * With no sinks and no window it is the cpu policy: every token on the workers, nothing on the device.
  */
 export class ExactResident implements ResidentAttention {
   readonly speculative = false;
@@ -318,7 +348,7 @@ export class ExactResident implements ResidentAttention {
 
   /** A prefilled layer (staged on the device): the hot sinks and window. */
   load(layer: number, staged: StagedLayer): void {
-    fillSinksAndWindow(this.s.config, staged, (off) => this.hot(layer, off), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
+    if (this.#hotCap > 0) fillSinksAndWindow(this.s.config, staged, (off) => this.hot(layer, off), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
   }
 
   async attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> {
@@ -332,13 +362,16 @@ export class ExactResident implements ResidentAttention {
     const shape = { numKvHeads: c.numKvHeads, headDim: D, dtype, stream };
     const r = this.host.region(layer);
     native().cudaKvStoreHost({ ...r, k, v, tokens: 1, blockIds: this.host.blockIds, start: p, stream });
-    native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.hot(layer), capacity: this.#hotCap, slot: sinks + (p % window) });
     const out = a.ref('attn');
     const lse = this.#arena.ref('lse');
-    native().cudaAttendDecode({
-      ...shape, kv: this.hot(layer), capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(Math.min(n, this.#hotCap)),
-      q, scale: scaleOf(c), out, lse, scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
-    });
+    const onDevice = this.#hotCap > 0;
+    if (onDevice) {
+      native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.hot(layer), capacity: this.#hotCap, slot: sinks + (p % window) });
+      native().cudaAttendDecode({
+        ...shape, kv: this.hot(layer), capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(Math.min(n, this.#hotCap)),
+        q, scale: scaleOf(c), out, lse, scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+      });
+    }
     // The CPU part: every token but the sinks and the window, read where it lives.
     const qBytes = await native().cudaDownload({ src: q, bytes: c.numHeads * D * 4, stream });
     const oCpu = new Float32Array(c.numHeads * D); // [Hkv, G, D]
@@ -347,6 +380,10 @@ export class ExactResident implements ResidentAttention {
       region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: Int32Array.from({ length: c.numKvHeads }, (_, h) => h), groupSize: G,
       q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: Int32Array.from(hotPositions(n, sinks, window)), out: oCpu, lse: lCpu,
     });
+    if (!onDevice) {
+      native().cudaUpload({ dst: out, data: oCpu, stream });
+      return;
+    }
     native().cudaUpload({ dst: this.#arena.ref('oPart'), data: oCpu, stream });
     native().cudaUpload({ dst: this.#arena.ref('lsePart'), data: lCpu, stream });
     native().cudaLseMerge({ rows: c.numHeads, headDim: D, oA: out, lseA: lse, oB: this.#arena.ref('oPart'), lseB: this.#arena.ref('lsePart'), out, lseOut: lse, stream });

@@ -3,9 +3,10 @@
 import { performance } from 'node:perf_hooks';
 import { ropeInvFreq, ropeTables } from '../model/rope.js';
 import type { ModelConfig } from '../model/types.js';
-import { native } from '../native.js';
+import { native, type DevRef } from '../native.js';
 import { weightLayout } from './cuda-weights.js';
 import { DeviceArena } from './device-arena.js';
+import { GraphCache } from './graph-cache.js';
 import { LayerKernels, activationLayout } from './layer-kernels.js';
 import type { ResidentAttention } from './resident-attention.js';
 
@@ -56,12 +57,19 @@ export class ResidentDecoder {
   readonly #kernels: LayerKernels;
   readonly #invFreq: Float32Array;
 
+  /** Layer kernels as CUDA graphs (one launch each for the 4 before and the 5 after attention), unless useGraphs is false. */
+  readonly #graphs: GraphCache | null;
+  readonly #embed: DevRef;
+
   constructor(
     readonly config: ModelConfig,
     readonly weights: DeviceArena,
     readonly attention: ResidentAttention,
     readonly stream = 0,
+    opts: { useGraphs?: boolean } = {},
   ) {
+    this.#graphs = opts.useGraphs === false ? null : new GraphCache(stream);
+    this.#embed = weights.ref('embed');
     this.#acts = DeviceArena.create(activationLayout(config, 2));
     this.#kernels = new LayerKernels(config, weights, stream);
     this.#invFreq = ropeInvFreq(config);
@@ -72,31 +80,58 @@ export class ResidentDecoder {
    * at pos + 1 (never stored). Returns the argmax token of each row.
    */
   async step(tokens: Int32Array, pos: number): Promise<Int32Array> {
+    return this.#queued(() => this.#enqueue(tokens, pos, tokens.length as 1 | 2));
+  }
+
+  /**
+   * A step fed by the last step's argmax where it lies, on the device (row 0: the next token; row 1: the next
+   * speculative guess), so it can be enqueued before that argmax reaches the host: the host runs a step ahead and
+   * the GPU never waits for it. Resolves with this step's argmax ids.
+   */
+  stepOnDevice(pos: number, rows: 1 | 2): Promise<Int32Array> {
+    return this.#queued(() => this.#enqueue(null, pos, rows));
+  }
+
+  /** Steps enqueue in call order even when one has to wait for its attention (exact's CPU part). */
+  #queued(enqueue: () => Promise<{ ids: Promise<Int32Array> }>): Promise<Int32Array> {
+    const enqueued = this.#tail.then(enqueue);
+    this.#tail = enqueued.then(() => undefined, () => undefined); // the next step waits for this one's enqueue only
+    return enqueued.then((e) => e.ids);
+  }
+  #tail: Promise<void> = Promise.resolve();
+
+  /** Enqueues a whole step; resolves once it is enqueued, with the promise of its argmax ids (boxed: not awaited). */
+  async #enqueue(tokens: Int32Array | null, pos: number, rows: 1 | 2): Promise<{ ids: Promise<Int32Array> }> {
     const c = this.config;
-    const rows = tokens.length as 1 | 2;
     const a = this.#acts;
     const stream = this.stream;
     const t0 = performance.now();
     const mark = this.profile ? (phase: string) => this.profile!.mark(phase) : undefined;
     mark?.('between steps (GPU idle)');
-    native().cudaEmbed({ table: this.weights.ref('embed'), vocab: c.vocabSize, hidden: c.hiddenSize, ids: tokens, out: a.ref('x'), stream });
+    const embed = { table: this.#embed, vocab: c.vocabSize, hidden: c.hiddenSize, out: a.ref('x'), stream };
+    if (tokens) native().cudaEmbed({ ...embed, ids: tokens });
+    else native().cudaEmbedDevice({ ...embed, ids: a.ref('ids'), rows });
     const { cos, sin } = ropeTables(this.#invFreq, rows === 1 ? [pos] : [pos, pos + 1]);
     native().cudaUpload({ dst: a.ref('cos'), data: cos, stream });
     native().cudaUpload({ dst: a.ref('sin'), data: sin, stream });
+    const k = this.#kernels;
     for (let l = 0; l < c.numLayers; l++) {
-      this.#kernels.pre(a, l, rows);
+      if (this.#graphs) this.#graphs.run(`pre ${l} ${rows}`, () => k.pre(a, l, rows));
+      else k.pre(a, l, rows);
       mark?.('qkv projection');
-      await this.attention.attend(l, a, { pos, rows, mark });
+      const pending = this.attention.attend(l, a, { pos, rows, mark });
+      if (pending) await pending; // only exact's CPU part: the device policies enqueue without yielding
       mark?.('attention');
-      this.#kernels.post(a, l, rows);
+      if (this.#graphs) this.#graphs.run(`post ${l} ${rows}`, () => k.post(a, l, rows));
+      else k.post(a, l, rows);
       mark?.('o projection + MLP');
     }
     this.#kernels.head(a, rows);
     native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
     mark?.('lm head + argmax');
     this.enqueueMs = performance.now() - t0;
-    const ids = await native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
-    return new Int32Array(ids.buffer, ids.byteOffset, rows).slice();
+    const ids = native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
+    return { ids: ids.then((b) => new Int32Array(b.buffer, b.byteOffset, rows).slice()) };
   }
 
   /** The last step's logits, [rows, vocab] (tests; a step itself only brings back the argmax ids). */
@@ -106,6 +141,7 @@ export class ResidentDecoder {
   }
 
   dispose(): void {
+    this.#graphs?.dispose();
     this.#acts.free();
   }
 }

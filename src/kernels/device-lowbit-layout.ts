@@ -33,8 +33,8 @@ export const DEVICE_LOW_BIT_ALIGN = 256;
 export const DEVICE_LOW_BIT_MAX_CAPACITY = 1 << 26;
 /** Tokens per cudaKiviAttend chunk; chunks sit at absolute multiples of it. */
 export const KIVI_ATTEND_CHUNK = 512;
-/** Most query heads per KV head cudaKiviAttend takes. */
-export const KIVI_ATTEND_MAX_G = 8;
+/** Most query heads per KV head cudaKiviAttend takes, over all its rows (rows * groupSize). */
+export const KIVI_ATTEND_MAX_G = 16;
 /** cudaTopK limits. */
 export const TOPK_MAX_N = 1 << 20;
 export const TOPK_MAX_K = 4096;
@@ -89,16 +89,18 @@ export function kiviAttendChunks(first: number, end: number): number {
 }
 
 /**
- * Scratch bytes cudaKiviAttend needs for any range of at most maxTokens tokens: per KV head and chunk, G partial
- * outputs [headDim] f32 plus (max, sum) f32. A range of L tokens spans at most ceil(L / chunk) + 1 chunks.
+ * Scratch bytes cudaKiviAttend needs for any range of at most maxTokens tokens and `rows` query rows (default 1):
+ * per KV head and chunk, rows * G partial outputs [headDim] f32 plus (max, sum) f32. A range of L tokens spans at
+ * most ceil(L / chunk) + 1 chunks.
  */
-export function cudaKiviAttendScratchBytes(o: { numKvHeads: number; groupSize: number; headDim: number; maxTokens: number }): number {
+export function cudaKiviAttendScratchBytes(o: { numKvHeads: number; groupSize: number; headDim: number; maxTokens: number; rows?: number }): number {
   posInt('numKvHeads', o.numKvHeads, 1024);
   posInt('groupSize', o.groupSize, KIVI_ATTEND_MAX_G);
+  const rows = o.rows === undefined ? 1 : posInt('rows', o.rows, Math.floor(KIVI_ATTEND_MAX_G / o.groupSize));
   posInt('headDim', o.headDim, 4096);
   if (!Number.isSafeInteger(o.maxTokens) || o.maxTokens < 0) throw new KvoffArgumentError('maxTokens', 'a non-negative integer', o.maxTokens);
   const chunks = o.maxTokens === 0 ? 0 : Math.ceil(o.maxTokens / KIVI_ATTEND_CHUNK) + 1;
-  return o.numKvHeads * chunks * o.groupSize * (o.headDim + 2) * 4;
+  return o.numKvHeads * chunks * rows * o.groupSize * (o.headDim + 2) * 4;
 }
 
 /**

@@ -66,26 +66,30 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
     }
   }, 120_000);
 
-  it('the device-resident dense step reproduces the engine on CUDA, token by token from an empty cache', async () => {
+  it('the device-resident dense step reproduces the engine on CUDA, token by token from an empty cache, fed by host or device ids', async () => {
     const c = models.cuda.config;
     const engineSteps = await run(models.cuda, 'dense', [7], 12); // a one-token prompt, then greedy decode
     const weights = uploadWeights(c, (await loadModelDir(dir)).weights);
-    const dense = new DenseResident({ config: c, capacity: 64, dtype: 'bf16', stream: 0 });
-    const dec = new ResidentDecoder(c, weights, dense);
-    try {
-      let tok = 7;
-      for (let pos = 0; pos < engineSteps.length; pos++) {
-        const [next] = await dec.step(Int32Array.of(tok), pos);
-        const logits = await dec.logits(1);
-        expect(errOverRange(logits, engineSteps[pos].logits), `position ${pos}`).toBeLessThanOrEqual(1e-4);
-        expect(next).toBe(engineSteps[pos].token);
-        tok = next;
+    // With the layer kernels as CUDA graphs (the default) and launched one by one: the graphs replay the same work.
+    for (const useGraphs of [true, false]) {
+      const dense = new DenseResident({ config: c, capacity: 64, dtype: 'bf16', stream: 0 });
+      const dec = new ResidentDecoder(c, weights, dense, 0, { useGraphs });
+      try {
+        let tok = 7;
+        for (let pos = 0; pos < engineSteps.length; pos++) {
+          // With graphs, steps after the first are fed on the device by the last argmax (stepOnDevice).
+          const [next] = useGraphs && pos > 0 ? await dec.stepOnDevice(pos, 1) : await dec.step(Int32Array.of(tok), pos);
+          const logits = await dec.logits(1);
+          expect(errOverRange(logits, engineSteps[pos].logits), `position ${pos}, graphs ${useGraphs}`).toBeLessThanOrEqual(1e-4);
+          expect(next).toBe(engineSteps[pos].token);
+          tok = next;
+        }
+      } finally {
+        dec.dispose();
+        dense.dispose();
       }
-    } finally {
-      dec.dispose();
-      dense.dispose();
-      weights.free();
     }
+    weights.free();
   }, 120_000);
 
   it('the device-resident specache step runs at a context past its hot set, with finite logits for both rows', async () => {
@@ -118,11 +122,16 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
       spec.prime(context);
       let toks = Int32Array.of(3, 4);
       for (let i = 0; i < 8; i++) {
-        toks = await dec.step(toks, context + i);
+        // Odd steps take their tokens (the next one and the next guess) from the last argmax, on the device.
+        const got = i % 2 ? await dec.stepOnDevice(context + i, 2) : await dec.step(toks, context + i);
+        if (i % 2) expect(got.length).toBe(2);
+        toks = got;
         const logits = await dec.logits(2);
         expect(logits.every(Number.isFinite)).toBe(true);
       }
-      expect(spec.drainCopyMs()).toBeGreaterThan(0);
+      const { copyMs, stallMs } = spec.drainCopyMs();
+      expect(copyMs).toBeGreaterThan(0);
+      expect(stallMs).toBeGreaterThanOrEqual(0);
     } finally {
       staging.free();
       dec.dispose();

@@ -318,6 +318,7 @@ interface AttendCase {
   exclude: 'none' | 'some' | 'all';
   scale?: number;
   stream?: number;
+  rows?: number; // > 1: one call for `rows` query rows (strided q and out), each checked against its own rows = 1 reference
 }
 
 async function checkAttend(cp: Copy, c: AttendCase, seed: number): Promise<void> {
@@ -326,67 +327,81 @@ async function checkAttend(cp: Copy, c: AttendCase, seed: number): Promise<void>
   const { headDim: D, numKvHeads: H, bits, keyGroupSize: KG, valueGroupSize: VG } = s;
   const numGroups = n / KG;
   const G = c.G;
-  const q = randn(H * G * D, r);
+  const R = c.rows ?? 1;
+  const rowFloats = H * G * D;
+  // Rows of q and out a few floats further apart than their size: the strides are honoured, the gaps untouched.
+  const qStride = R > 1 ? rowFloats + 40 : rowFloats, oStride = R > 1 ? rowFloats + 24 : rowFloats;
+  const q = randn((R - 1) * qStride + rowFloats, r);
+  const oFloats = (R - 1) * oStride + rowFloats;
   const scale = c.scale ?? 1 / Math.sqrt(D);
   const ldEx = n + 3;
   const mask = new Uint8Array(H * ldEx);
   for (let i = 0; i < mask.length; i++) mask[i] = c.exclude === 'all' ? 1 : c.exclude === 'some' ? (r() < 0.3 ? 1 + Math.floor(r() * 200) : 0) : 0;
-  const scratchBytes = cudaKiviAttendScratchBytes({ numKvHeads: H, groupSize: G, headDim: D, maxTokens: c.end - c.first });
-  const io = dev(5 * 256 + q.byteLength * 2 + H * G * 4 + mask.length + scratchBytes);
+  const scratchBytes = cudaKiviAttendScratchBytes({ numKvHeads: H, groupSize: G, headDim: D, maxTokens: c.end - c.first, ...(R > 1 ? { rows: R } : {}) });
+  const io = dev(5 * 256 + q.byteLength + oFloats * 4 + R * H * G * 4 + mask.length + scratchBytes);
   let at = 0;
   const take = (bytes: number) => {
     const o = at;
     at += Math.ceil(bytes / 256) * 256;
     return o;
   };
-  const qAt = take(q.byteLength), oAt = take(q.byteLength), lseAt = take(H * G * 4), exAt = take(mask.length), scAt = take(scratchBytes);
+  const qAt = take(q.byteLength), oAt = take(oFloats * 4), lseAt = take(R * H * G * 4), exAt = take(mask.length), scAt = take(scratchBytes);
   io.write(qAt, q);
-  io.write(oAt, new Float32Array(H * G * D).fill(NaN)); // every output must be written
-  io.write(lseAt, new Float32Array(H * G).fill(NaN));
+  io.write(oAt, new Float32Array(oFloats).fill(NaN)); // every output must be written
+  io.write(lseAt, new Float32Array(R * H * G).fill(NaN));
   io.write(exAt, mask);
   native().cudaKiviAttend({
     ...s, lowBit: cp.lb.ref(0), groupSize: G, q: io.ref(qAt), scale, first: c.first, end: c.end,
     ...(c.exclude === 'none' ? {} : { exclude: io.ref(exAt), ldExclude: ldEx }),
     out: io.ref(oAt), lse: io.ref(lseAt), scratch: io.ref(scAt), scratchBytes, ...(c.stream ? { stream: c.stream } : {}),
+    ...(R > 1 ? { rows: R, qRowStride: qStride, outRowStride: oStride } : {}),
   });
   await native().cudaStreamSynchronize({ stream: c.stream ?? 0 });
-  const o = io.readF32(oAt, H * G * D);
-  const lse = io.readF32(lseAt, H * G);
+  const oAll = io.readF32(oAt, oFloats);
+  const lseAll = io.readF32(lseAt, R * H * G);
+  for (let rr = 0; rr + 1 < R; rr++) for (let i = rowFloats; i < oStride; i++) expect(oAll[rr * oStride + i], 'a gap between out rows').toBeNaN();
   const levels = (1 << bits) - 1;
-  for (let h = 0; h < H; h++) {
-    const skip: number[] = [];
-    for (let t = 0; t < n; t++) if (t < c.first || t >= c.end || (c.exclude !== 'none' && mask[h * ldEx + t] !== 0)) skip.push(t);
-    const qh = q.subarray(h * G * D, (h + 1) * G * D);
-    const want = kiviAttendRef({
-      bits, headDim: D, keyGroupSize: KG, valueGroupSize: VG, numGroups, queryHeads: G, q: qh, scale, keys: keys[h]!, values: values[h]!, exclude: skip,
-    });
-    // Tolerance, from the kernel's arithmetic: a score is an f32 sum of D products against fp64, so its error is at most
-    // D * 2^-23 * sum_c |scale q_c| (|zero_c| + |scale_c| levels) (the worst key group); the output is a convex
-    // combination, so that moves it by at most ~2 err max|v|; 1e-4 max|v| covers f32 accumulation over <= 512 tokens
-    // a chunk and the combine. A wrong or missing token in the 40-token case moves o by ~max|v| / 40: far outside.
-    let vmax = 0;
-    for (const z of [values[h]!.zero, values[h]!.scale]) for (let i = 0; i < z.length; i++) vmax = Math.max(vmax, Math.abs(f16ToF32(z[i]!)));
-    vmax *= levels + 1;
-    for (let g = 0; g < G; g++) {
-      let errS = 0;
-      for (let grp = 0; grp < numGroups; grp++) {
-        let m = 0;
-        for (let ch = 0; ch < D; ch++) m += Math.abs(scale * qh[g * D + ch]!) * (Math.abs(f16ToF32(keys[h]!.zero[grp * D + ch]!)) + Math.abs(f16ToF32(keys[h]!.scale[grp * D + ch]!)) * levels);
-        errS = Math.max(errS, D * 2 ** -23 * m);
-      }
-      const row = h * G + g;
-      const label = `bits ${bits} D ${D} KG ${KG} VG ${VG} G ${G} [${c.first}, ${c.end}) exclude ${c.exclude}, head ${h} g ${g}`;
-      if (want.lse[g] === -Infinity) {
-        expect(lse[row], label).toBe(-Infinity);
-        for (let ch = 0; ch < D; ch++) expect(o[row * D + ch], label).toBe(0);
-        continue;
-      }
-      const lseTol = 2 * errS + 1e-5 * Math.max(1, Math.abs(want.lse[g]!));
-      if (!(Math.abs(lse[row]! - want.lse[g]!) <= lseTol)) throw new Error(`${label}: lse ${lse[row]}, want ${want.lse[g]} (tol ${lseTol})`);
-      const oTol = (2 * errS + 1e-4) * vmax;
-      for (let ch = 0; ch < D; ch++) {
-        const e = Math.abs(o[row * D + ch]! - want.o[g * D + ch]!);
-        if (!(e <= oTol)) throw new Error(`${label} channel ${ch}: o ${o[row * D + ch]}, want ${want.o[g * D + ch]} (tol ${oTol})`);
+  for (let rr = 0; rr < R; rr++) {
+    for (let h = 0; h < H; h++) {
+      const o = oAll.subarray(rr * oStride, rr * oStride + rowFloats);
+      const lse = lseAll.subarray(rr * H * G, (rr + 1) * H * G);
+      const skip: number[] = [];
+      for (let t = 0; t < n; t++) if (t < c.first || t >= c.end || (c.exclude !== 'none' && mask[h * ldEx + t] !== 0)) skip.push(t);
+      const qh = q.subarray(rr * qStride + h * G * D, rr * qStride + (h + 1) * G * D);
+      const want = kiviAttendRef({
+        bits, headDim: D, keyGroupSize: KG, valueGroupSize: VG, numGroups, queryHeads: G, q: qh, scale, keys: keys[h]!, values: values[h]!, exclude: skip,
+      });
+      // Tolerance, from the kernel's arithmetic: a score is an f32 sum of D products against fp64, so its error is at most
+      // D * 2^-23 * sum_c |scale q_c| (|zero_c| + |scale_c| levels) (the worst key group); the output is a convex
+      // combination, so that moves it by at most ~2 err max|v|; 1e-4 max|v| covers f32 accumulation over <= 512 tokens
+      // a chunk and the combine. The kernel sums p z and (p s) code apart (v = z + s code reassociated): each term is at
+      // most p (|z| + |s| levels) <= p max|v|, so that bound stands unchanged. Rows > 1 share the codes, not the
+      // arithmetic: each row is summed as a row of its own. A wrong or missing token in the 40-token case moves o by
+      // ~max|v| / 40: far outside.
+      let vmax = 0;
+      for (const z of [values[h]!.zero, values[h]!.scale]) for (let i = 0; i < z.length; i++) vmax = Math.max(vmax, Math.abs(f16ToF32(z[i]!)));
+      vmax *= levels + 1;
+      for (let g = 0; g < G; g++) {
+        let errS = 0;
+        for (let grp = 0; grp < numGroups; grp++) {
+          let m = 0;
+          for (let ch = 0; ch < D; ch++) m += Math.abs(scale * qh[g * D + ch]!) * (Math.abs(f16ToF32(keys[h]!.zero[grp * D + ch]!)) + Math.abs(f16ToF32(keys[h]!.scale[grp * D + ch]!)) * levels);
+          errS = Math.max(errS, D * 2 ** -23 * m);
+        }
+        const row = h * G + g;
+        const label = `bits ${bits} D ${D} KG ${KG} VG ${VG} G ${G} rows ${R} [${c.first}, ${c.end}) exclude ${c.exclude}, row ${rr} head ${h} g ${g}`;
+        if (want.lse[g] === -Infinity) {
+          expect(lse[row], label).toBe(-Infinity);
+          for (let ch = 0; ch < D; ch++) expect(o[row * D + ch], label).toBe(0);
+          continue;
+        }
+        const lseTol = 2 * errS + 1e-5 * Math.max(1, Math.abs(want.lse[g]!));
+        if (!(Math.abs(lse[row]! - want.lse[g]!) <= lseTol)) throw new Error(`${label}: lse ${lse[row]}, want ${want.lse[g]} (tol ${lseTol})`);
+        const oTol = (2 * errS + 1e-4) * vmax;
+        for (let ch = 0; ch < D; ch++) {
+          const e = Math.abs(o[row * D + ch]! - want.o[g * D + ch]!);
+          if (!(e <= oTol)) throw new Error(`${label} channel ${ch}: o ${o[row * D + ch]}, want ${want.o[g * D + ch]} (tol ${oTol})`);
+        }
       }
     }
   }
@@ -412,6 +427,12 @@ describe.skipIf(!gpuUsable)('cudaKiviAttend', () => {
             await checkAttend(cp, { G, first: 9, end: 9, exclude: 'none' }, seed++);
             await checkAttend(cp, { G, first: 3, end: 2 * KG, exclude: 'all' }, seed++);
           }
+          // Several rows in one call (rows * G up to 16): each row as its own rows = 1 reference.
+          for (const [G, R] of [[1, 2], [3, 2], [4, 2], [8, 2], [4, 4]]) {
+            await checkAttend(cp, { G: G!, rows: R!, first: 37, end: n - 5, exclude: 'some' }, seed++);
+            await checkAttend(cp, { G: G!, rows: R!, first: 500, end: 540, exclude: 'some', scale: 0.5 }, seed++);
+            await checkAttend(cp, { G: G!, rows: R!, first: 3, end: 2 * KG, exclude: 'all' }, seed++);
+          }
         }
       }, 60_000);
 
@@ -421,5 +442,13 @@ describe.skipIf(!gpuUsable)('cudaKiviAttend', () => {
     const cp = attendCopy(2, 128, 64, 32, 8, 128, 41);
     await checkAttend(cp, { G: 4, first: 0, end: 8192, exclude: 'some', stream }, 42);
     await checkAttend(cp, { G: 4, first: 100, end: 8000, exclude: 'none', stream }, 43);
+  }, 60_000);
+
+  it('runs the specache decode shape: 2 rows of 8 KV heads x 4, head_dim 128, 1- and 2-bit, one value group per token', async () => {
+    for (const bits of [1, 2] as const) {
+      const cp = attendCopy(bits, 128, 64, 128, 8, 128, 44 + bits);
+      await checkAttend(cp, { G: 4, rows: 2, first: 4, end: 8192 - 64, exclude: 'some' }, 46 + bits);
+      await checkAttend(cp, { G: 4, first: 4, end: 8192 - 64, exclude: 'some' }, 48 + bits);
+    }
   }, 60_000);
 });

@@ -226,14 +226,17 @@ CudaStatus cuda_copy_d2d(DevRef src, DevRef dst, uint64_t bytes, uint32_t stream
 
 // ---- Streams ----
 
-CudaStatus cuda_stream_create(uint32_t* handle) {
+CudaStatus cuda_stream_create(uint32_t* handle, bool high) {
   if (!cuda_usable()) return unavailable();
   auto st = std::make_shared<Stream>();
-  // Non-blocking: the copy stream must not wait for (or stall) work on the legacy default stream.
-  cudaError_t err = cudaStreamCreateWithFlags(&st->s, cudaStreamNonBlocking);
+  int least = 0, greatest = 0;
+  cudaDeviceGetStreamPriorityRange(&least, &greatest);
+  // Non-blocking: the copy stream must not wait for (or stall) work on the legacy default stream. A high-priority
+  // stream's blocks are scheduled first: the critical path of a step, beside the copy stream's side work.
+  cudaError_t err = cudaStreamCreateWithPriority(&st->s, cudaStreamNonBlocking, high ? greatest : least);
   if (err != cudaSuccess) {
     st->s = nullptr;
-    return failed("cudaStreamCreateWithFlags", err);
+    return failed("cudaStreamCreateWithPriority", err);
   }
   std::lock_guard<std::mutex> lock(g_mu);
   *handle = g_next_stream++;
@@ -394,6 +397,94 @@ CudaStatus cuda_event_free(uint32_t event) {
 }
 
 bool cuda_event_live(uint32_t handle) { return find_event(handle) != nullptr; }
+
+// ---- Graphs ----
+
+namespace {
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  Keep keep;  // the arenas the captured launches touch
+  ~Graph() {
+    if (exec) cudaGraphExecDestroy(exec);
+  }
+};
+std::unordered_map<uint32_t, std::shared_ptr<Graph>> g_graphs;
+uint32_t g_next_graph = 1;
+std::unordered_map<uint32_t, uint64_t> g_capture_ticket;  // stream -> its hold ticket when the capture began
+}  // namespace
+
+CudaStatus cuda_graph_begin(uint32_t stream) {
+  if (!cuda_usable()) return unavailable();
+  auto st = find_stream(stream);
+  if (!st) return gone("stream", stream);
+  // Relaxed: other threads (the upload staging, the copy stream's callers) may keep calling CUDA meanwhile.
+  cudaError_t err = cudaStreamBeginCapture(st->s, cudaStreamCaptureModeRelaxed);
+  if (err != cudaSuccess) return failed("cudaStreamBeginCapture", err);
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_capture_ticket[stream] = st->ticket;
+  return {};
+}
+
+CudaStatus cuda_graph_end(uint32_t stream, uint32_t* handle) {
+  if (!cuda_usable()) return unavailable();
+  auto st = find_stream(stream);
+  if (!st) return gone("stream", stream);
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaStreamEndCapture(st->s, &graph);
+  auto g = std::make_shared<Graph>();
+  {
+    // What the captured launches hold moves from the stream to the graph: they run when it is launched.
+    std::lock_guard<std::mutex> lock(g_mu);
+    const uint64_t since = g_capture_ticket[stream];
+    g_capture_ticket.erase(stream);
+    for (auto it = st->pending.begin(); it != st->pending.end();) {
+      if (it->first > since) {
+        for (auto& k : it->second) g->keep.push_back(std::move(k));
+        it = st->pending.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (err != cudaSuccess) return failed("cudaStreamEndCapture (a call during the capture was not capturable)", err);
+  err = cudaGraphInstantiate(&g->exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    g->exec = nullptr;
+    return failed("cudaGraphInstantiate", err);
+  }
+  std::lock_guard<std::mutex> lock(g_mu);
+  *handle = g_next_graph++;
+  g_graphs.emplace(*handle, std::move(g));
+  return {};
+}
+
+CudaStatus cuda_graph_launch(uint32_t graph, uint32_t stream) {
+  if (!cuda_usable()) return unavailable();
+  std::shared_ptr<Graph> g;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_graphs.find(graph);
+    if (it == g_graphs.end()) return gone("graph", graph);
+    g = it->second;
+  }
+  auto st = find_stream(stream);
+  if (!st) return gone("stream", stream);
+  cudaError_t err = cudaGraphLaunch(g->exec, st->s);
+  if (err != cudaSuccess) return failed("cudaGraphLaunch", err);
+  hold(*st, {g});  // freed by JS mid-flight, it lives until this launch is known done
+  return {};
+}
+
+CudaStatus cuda_graph_free(uint32_t graph) {
+  std::shared_ptr<Graph> victim;
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = g_graphs.find(graph);
+  if (it == g_graphs.end()) return gone("graph", graph);
+  victim = std::move(it->second);
+  g_graphs.erase(it);
+  return {};
+}
 
 CudaTotals cuda_totals() {
   CudaTotals t;

@@ -43,7 +43,7 @@ CudaStatus cuda_copy_h2d(const std::shared_ptr<Arena>& host, uint64_t hostOffset
 CudaStatus cuda_copy_d2h(const std::shared_ptr<Arena>& host, uint64_t hostOffset, DevRef dev, uint64_t bytes, uint32_t stream);
 CudaStatus cuda_copy_d2d(DevRef src, DevRef dst, uint64_t bytes, uint32_t stream);
 
-CudaStatus cuda_stream_create(uint32_t* handle);
+CudaStatus cuda_stream_create(uint32_t* handle, bool highPriority = false);
 // Waits for the stream's work (blocking), then destroys it and drops what it kept alive.
 CudaStatus cuda_stream_destroy(uint32_t handle);
 bool cuda_stream_live(uint32_t handle);
@@ -100,6 +100,14 @@ struct GemvCall {
   uint32_t stream = 0;
 };
 CudaStatus cuda_gemv_bf16(const GemvCall& call);
+
+// CUDA graphs, for step parts whose launch count would dominate: the launches enqueued on a stream between begin
+// and end are captured (not run) and instantiated; a launch replays them on any stream. A graph keeps the arenas its
+// launches touched alive until it is freed.
+CudaStatus cuda_graph_begin(uint32_t stream);
+CudaStatus cuda_graph_end(uint32_t stream, uint32_t* handle);
+CudaStatus cuda_graph_launch(uint32_t graph, uint32_t stream);
+CudaStatus cuda_graph_free(uint32_t graph);
 
 struct CudaTotals {
   uint64_t arenas = 0;        // device arenas whose memory is still allocated (live, or kept by in-flight work)

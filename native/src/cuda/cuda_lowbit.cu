@@ -300,6 +300,21 @@ __device__ __forceinline__ void load_row(const uint8_t* p, uint32_t (&w)[ROWB / 
 // Two full-rate ops instead of I2F, which runs at a quarter of the FP32 rate and would bound the dot products.
 __device__ __forceinline__ float code_f(uint32_t c) { return __uint_as_float(0x4b000000u | c) - 8388608.0f; }
 
+// The code at bit `sh` of w as f32 times 1 / kCodeHalf<BITS>: for 1 bit, 2 * bit (0 or 2.0f: the bit moved to bit 30,
+// two integer ops instead of four), the other factor of each product pre-multiplied by 0.5 (exact), so every product
+// w * code is unchanged.
+template <int BITS>
+constexpr float kCodeHalf = BITS == 1 ? 0.5f : 1.f;
+template <int BITS>
+__device__ __forceinline__ float code_x(uint32_t w, int sh) {
+  if constexpr (BITS == 1) {
+    const uint32_t v = sh <= 30 ? (w << (30 - sh)) : (w >> (sh - 30));
+    return __uint_as_float(v & 0x40000000u);
+  } else {
+    return code_f((w >> sh) & ((1u << BITS) - 1));
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -313,8 +328,6 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // ---- Scores ----
 
-constexpr int kScoreThreads = 256;  // one token per thread: a block scores 256 tokens = 4 or 8 key groups
-
 struct ScoreParams {
   const uint8_t* lowBit;
   uint64_t sectionBytes, keyCodes, keyZero, keyScale;
@@ -323,67 +336,6 @@ struct ScoreParams {
   uint64_t ldOut;
   uint32_t G, KG, numTokens;  // numTokens = numGroups * KG
 };
-
-// score_t = qm . (z + s * code_t) = sum_c qm_c z_c + sum_c (qm_c s_c) code_t,c with qm the mean query: per group
-// the two D-vectors go to shared memory once, then each thread reads its token's packed row once.
-template <int BITS, int D>
-__global__ void __launch_bounds__(kScoreThreads) kivi_scores_kernel(ScoreParams p) {
-  constexpr int ROWB = D * BITS / 8, CPW = 32 / BITS, MASK = (1 << BITS) - 1;
-  constexpr int MAXG = kScoreThreads / 32;  // key groups per tile at KG = 32
-  __shared__ float qm[D];
-  __shared__ __align__(16) float w[MAXG][D];  // qm * scale, per group of the tile
-  __shared__ float zq[MAXG][D];               // qm * zero
-  __shared__ float bias[MAXG];
-  const uint32_t h = blockIdx.y, tid = threadIdx.x;
-  const uint64_t t0 = static_cast<uint64_t>(blockIdx.x) * kScoreThreads;
-  const float* q = p.q + static_cast<uint64_t>(h) * p.G * D;
-  for (uint32_t c = tid; c < D; c += kScoreThreads) {
-    float s = 0.f;
-    for (uint32_t g = 0; g < p.G; ++g) s += q[g * D + c];
-    qm[c] = s / static_cast<float>(p.G);
-  }
-  const uint8_t* sec = p.lowBit + h * p.sectionBytes;
-  const uint16_t* zero = reinterpret_cast<const uint16_t*>(sec + p.keyZero);    // fp16 [maxGroups, D]
-  const uint16_t* scale = reinterpret_cast<const uint16_t*>(sec + p.keyScale);  // fp16 [maxGroups, D]
-  const uint64_t grp0 = t0 / p.KG;
-  const uint32_t ng = static_cast<uint32_t>(min(static_cast<uint64_t>(kScoreThreads / p.KG), (p.numTokens - t0 + p.KG - 1) / p.KG));
-  __syncthreads();
-  for (uint32_t i = tid; i < ng * D; i += kScoreThreads) {
-    const uint32_t gi = i / D, c = i % D;
-    const uint64_t at = (grp0 + gi) * D + c;
-    w[gi][c] = qm[c] * h2f(__ldg(scale + at));
-    zq[gi][c] = qm[c] * h2f(__ldg(zero + at));
-  }
-  __syncthreads();
-  const uint32_t warp = tid / 32, lane = tid % 32;
-  if (warp < ng) {
-    float s = 0.f;
-    for (uint32_t c = lane; c < D; c += 32) s += zq[warp][c];
-    s = warp_sum(s);
-    if (lane == 0) bias[warp] = s;
-  }
-  __syncthreads();
-  const uint64_t t = t0 + tid;
-  if (t >= p.numTokens) return;
-  const uint32_t gi = tid / p.KG;
-  uint32_t row[ROWB / 4];
-  load_row<ROWB>(sec + p.keyCodes + t * ROWB, row);
-  float acc = bias[gi];
-  const float4* wv = reinterpret_cast<const float4*>(w[gi]);
-#pragma unroll
-  for (int wi = 0; wi < ROWB / 4; ++wi) {
-#pragma unroll
-    for (int e = 0; e < CPW; e += 4) {
-      const float4 ww = wv[(wi * CPW + e) / 4];  // every lane of a warp reads the same group: a broadcast
-      const uint32_t b = row[wi] >> (e * BITS);
-      acc = fmaf(ww.x, code_f(b & MASK), acc);
-      acc = fmaf(ww.y, code_f((b >> BITS) & MASK), acc);
-      acc = fmaf(ww.z, code_f((b >> (2 * BITS)) & MASK), acc);
-      acc = fmaf(ww.w, code_f((b >> (3 * BITS)) & MASK), acc);
-    }
-  }
-  p.out[h * p.ldOut + t] = acc;
-}
 
 // ---- Top-k ----
 //
@@ -606,16 +558,8 @@ __global__ void __cluster_dims__(kTopKCluster, 1, 1) __launch_bounds__(kTopKThre
 
 // ---- Attention over the quantized tail ----
 //
-// Flash-decoding: one block per (chunk of kAttendChunk tokens aligned to absolute positions, KV head). Phase A:
-// one thread per token, 128 tokens (2-4 key groups) at a time, scores for all G query heads from one read of the
-// packed key row, against per-group vectors (scale * q * keyScale and scale * q . keyZero) in shared memory. The
-// chunk's max and sum give p = exp(s - m). Phase B: each thread owns 8 channels and a stride of the chunk's
-// tokens, dequantizes each value once and accumulates it for all G heads. The combine kernel merges chunks by
-// log-sum-exp.
-
-constexpr int kAttThreads = 128;
-constexpr int kAttTile = 128;  // phase A tokens per pass: one per thread
-constexpr int kAttTileGroups = kAttTile / 32;
+// Flash-decoding: one block per (chunk of kAttendChunk tokens aligned to absolute positions, KV head), then a
+// combine kernel that merges the chunks by log-sum-exp (see the fast path below).
 
 struct AttendParams {
   const uint8_t* lowBit;
@@ -624,26 +568,14 @@ struct AttendParams {
   float scale;
   const uint8_t* exclude;  // [H, ldExclude] or null
   uint64_t ldExclude;
-  float* partO;   // [H, chunks, G, D]
-  float* partML;  // [H, chunks, G, 2]
-  float* out;     // [H * G, D]
-  float* lse;     // [H * G]
+  float* partO;   // [H, chunks, M, D]
+  float* partML;  // [H, chunks, M, 2]
+  float* out;     // [rows][H * G, D]
+  float* lse;     // [rows, H * G]
   uint64_t first, end, chunk0, chunks;
   uint32_t G, KG, VG;
-};
-
-// Dynamic shared memory of the chunk kernel, in floats.
-template <int D, int MG>
-struct AttSmem {
-  static constexpr int qs = 0;                            // [D][MG] scale * q, zero past G
-  static constexpr int wk = qs + D * MG;                  // [tileGroups][D][MG] scale * q * keyScale
-  static constexpr int bk = wk + kAttTileGroups * D * MG;  // [tileGroups][MG] scale * q . keyZero
-  static constexpr int ps = bk + kAttTileGroups * MG;     // [chunk][MG] scores, then probabilities
-  static constexpr int oacc = ps + kAttendChunk * MG;     // [MG][D] the chunk's output
-  static constexpr int red = oacc + MG * D;               // [warps][MG]
-  static constexpr int stat = red + (kAttThreads / 32) * MG;  // [2][MG] max, sum
-  static constexpr int floats = stat + 2 * MG;
-  static constexpr size_t bytes = static_cast<size_t>(floats) * 4;
+  uint32_t M, HG;                         // query heads per KV head over all rows (rows * G); query heads per row (H * G)
+  uint64_t qRowStride, outRowStride;      // floats between rows of q and of out; lse rows are HG apart
 };
 
 template <int MG>
@@ -663,141 +595,215 @@ __device__ __forceinline__ void load_mg(const float* p, float (&v)[MG]) {
   }
 }
 
+// ---- Attention: several rows of queries per KV head, linear in the codes ----
+//
+// One block of 8 warps per (chunk of kAttendChunk tokens, KV head); all M = rows * G query heads of the KV head
+// share one read of the chunk's codes. Phase A: warp w owns tokens [c0 + 64 w, c0 + 64 w + 64), two per lane, one
+// key group at a time: it stages w_c = scale q_c keyScale_c ([D][MG], a broadcast per channel) and the bias
+// scale q . keyZero (registers), then score = bias + sum_c w_c code_c with the token's packed row in registers.
+// Softmax over the chunk in registers. Phase B: thread (token lane, 8-channel slice) accumulates
+// sum_t (p_t vscale_t) code_t,c; the zero term sum_t p_t vzero_t is a per-head scalar (per value group).
+
+constexpr int kAtt2Threads = 256;
+constexpr int kAtt2Warps = kAtt2Threads / 32;
+constexpr int kAtt2WarpTokens = kAttendChunk / kAtt2Warps;  // 64
+static_assert(kAtt2WarpTokens == 64, "phase A assumes 64 tokens per warp, two per lane");
+
+template <int D, int MG>
+struct Att2Smem {
+  static constexpr int qs = 0;                              // [D][MG] scale * q, zero past M
+  static constexpr int wk = qs + D * MG;                    // [warps][D][MG] key weights; later [warps][MG][D] partial outputs
+  static constexpr int ps = wk + kAtt2Warps * D * MG;       // [chunk][MG] p (or p * vscale)
+  static constexpr int red = ps + kAttendChunk * MG;        // [3][warps][MG] max, sum, zero-term
+  static constexpr int floats = red + 3 * kAtt2Warps * MG;
+  static constexpr size_t bytes = static_cast<size_t>(floats) * 4;
+};
+
+template <int MG>
+__device__ __forceinline__ void store_mg(float* p, const float (&v)[MG]) {
+  if constexpr (MG % 4 == 0) {
+#pragma unroll
+    for (int g = 0; g < MG; g += 4) *reinterpret_cast<float4*>(p + g) = make_float4(v[g], v[g + 1], v[g + 2], v[g + 3]);
+  } else if constexpr (MG == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+#pragma unroll
+    for (int g = 0; g < MG; ++g) p[g] = v[g];
+  }
+}
+
+__device__ __forceinline__ float h2f_hw(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+
+// Scores of tokens t0 + lane + 32 k (k < TPL, all in key group t0 / KG) for the MG heads, into s[k].
+template <int BITS, int D, int MG, int TPL>
+__device__ __forceinline__ void att2_score_pass(const AttendParams& p, const uint8_t* sec, const float* qs, float* W, uint64_t t0, uint64_t lo,
+                                                uint64_t hi, uint32_t h, uint32_t lane, float (&s)[2][MG], int k0) {
+  constexpr int ROWB = D * BITS / 8, CPW = 32 / BITS;
+  if (t0 >= hi || t0 + 32 * TPL <= lo) return;  // warp-uniform: nothing here is attended
+  const uint64_t g = t0 / p.KG;
+  const uint16_t* kz = reinterpret_cast<const uint16_t*>(sec + p.keyZero) + g * D;
+  const uint16_t* ks = reinterpret_cast<const uint16_t*>(sec + p.keyScale) + g * D;
+  uint32_t row[TPL][ROWB / 4];
+#pragma unroll
+  for (int k = 0; k < TPL; ++k) load_row<ROWB>(sec + p.keyCodes + (t0 + lane + 32 * k) * ROWB, row[k]);
+  float b[MG];
+#pragma unroll
+  for (int m = 0; m < MG; ++m) b[m] = 0.f;
+  for (uint32_t c = lane; c < D; c += 32) {
+    const float sc = h2f_hw(__ldg(ks + c)), z = h2f_hw(__ldg(kz + c));
+    float qv[MG];
+    load_mg<MG>(qs + c * MG, qv);
+    float wv[MG];
+#pragma unroll
+    for (int m = 0; m < MG; ++m) {
+      wv[m] = qv[m] * sc * kCodeHalf<BITS>;
+      b[m] = fmaf(qv[m], z, b[m]);
+    }
+    store_mg<MG>(W + c * MG, wv);
+  }
+#pragma unroll
+  for (int m = 0; m < MG; ++m) b[m] = warp_sum(b[m]);
+  __syncwarp();
+  float acc[TPL][MG];
+#pragma unroll
+  for (int k = 0; k < TPL; ++k)
+#pragma unroll
+    for (int m = 0; m < MG; ++m) acc[k][m] = b[m];
+#pragma unroll
+  for (int wi = 0; wi < ROWB / 4; ++wi) {
+#pragma unroll
+    for (int e = 0; e < CPW; ++e) {
+      float wv[MG];
+      load_mg<MG>(W + (wi * CPW + e) * MG, wv);  // one address across the warp: a broadcast
+#pragma unroll
+      for (int k = 0; k < TPL; ++k) {
+        const float code = code_x<BITS>(row[k][wi], e * BITS);
+#pragma unroll
+        for (int m = 0; m < MG; ++m) acc[k][m] = fmaf(wv[m], code, acc[k][m]);
+      }
+    }
+  }
+  __syncwarp();  // W is rewritten by the next pass
+#pragma unroll
+  for (int k = 0; k < TPL; ++k) {
+    const uint64_t t = t0 + lane + 32 * k;
+    const bool valid = t >= lo && t < hi && !(p.exclude && p.exclude[h * p.ldExclude + t]);
+#pragma unroll
+    for (int m = 0; m < MG; ++m) s[k0 + k][m] = valid ? acc[k][m] : -INFINITY;
+  }
+}
+
 template <int BITS, int D, int MG>
-__global__ void __launch_bounds__(kAttThreads) kivi_attend_chunk_kernel(AttendParams p) {
-  using S = AttSmem<D, MG>;
-  constexpr int ROWB = D * BITS / 8, CPW = 32 / BITS, MASK = (1 << BITS) - 1;
-  constexpr int NW = kAttThreads / 32;
+__global__ void __launch_bounds__(kAtt2Threads, 2) kivi_attend2_kernel(AttendParams p) {
+  using S = Att2Smem<D, MG>;
+  constexpr int ROWB = D * BITS / 8, NW = kAtt2Warps;
   extern __shared__ __align__(16) float sm[];
   float* qs = sm + S::qs;
   float* wk = sm + S::wk;
-  float* bk = sm + S::bk;
   float* ps = sm + S::ps;
-  float* oacc = sm + S::oacc;
   float* red = sm + S::red;
-  float* stat = sm + S::stat;
   const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const uint32_t h = blockIdx.y, ci = blockIdx.x;
+  const uint32_t h = blockIdx.y, ci = blockIdx.x, M = p.M;
   const uint64_t c0 = (p.chunk0 + ci) * kAttendChunk;
-  const uint64_t lo = max(p.first, c0), hi = min(p.end, c0 + kAttendChunk);  // lo < hi: the range meets every chunk
+  const uint64_t lo = max(p.first, c0), hi = min(p.end, c0 + kAttendChunk);  // lo < hi
   const uint8_t* sec = p.lowBit + h * p.sectionBytes;
-  const uint16_t* kz = reinterpret_cast<const uint16_t*>(sec + p.keyZero);   // fp16 [maxGroups, D]
-  const uint16_t* ksc = reinterpret_cast<const uint16_t*>(sec + p.keyScale);  // fp16 [maxGroups, D]
-
-  for (uint32_t i = tid; i < D * MG; i += kAttThreads) {
-    const uint32_t c = i / MG, g = i % MG;
-    qs[i] = g < p.G ? p.q[(static_cast<uint64_t>(h) * p.G + g) * D + c] * p.scale : 0.f;
+  for (uint32_t i = tid; i < D * MG; i += kAtt2Threads) {
+    const uint32_t c = i / MG, m = i % MG;
+    qs[i] = m < M ? p.q[(m / p.G) * p.qRowStride + (static_cast<uint64_t>(h) * p.G + m % p.G) * D + c] * p.scale : 0.f;
   }
+  __syncthreads();
 
-  // Phase A: scores of the chunk's tokens, 128 at a time; -inf outside [lo, hi) and at excluded tokens.
-  for (uint32_t tile = 0; tile < kAttendChunk / kAttTile; ++tile) {
-    const uint64_t tt0 = c0 + tile * kAttTile;  // a multiple of 128, hence of KG
-    const bool live = tt0 < hi && tt0 + kAttTile > lo;  // block-uniform
-    __syncthreads();  // qs written; the previous tile is done with wk and bk
-    if (live) {
-      // Only groups that start before hi: those exist (hi <= end <= maxGroups * KG).
-      const uint32_t ng = static_cast<uint32_t>(min(static_cast<uint64_t>(kAttTile / p.KG), (hi - tt0 + p.KG - 1) / p.KG));
-      const uint64_t grp0 = tt0 / p.KG;
-      for (uint32_t i = tid; i < ng * D; i += kAttThreads) {
-        const uint32_t gi = i / D, c = i % D;
-        const float s = h2f(__ldg(ksc + (grp0 + gi) * D + c));
+  // Phase A.
+  float s[2][MG];
+  {
+    float* W = wk + warp * D * MG;
+    const uint64_t wt0 = c0 + warp * kAtt2WarpTokens;
 #pragma unroll
-        for (int g = 0; g < MG; ++g) wk[(gi * D + c) * MG + g] = qs[c * MG + g] * s;
-      }
-      for (uint32_t pr = warp; pr < ng * MG; pr += NW) {  // one warp per (group, head): lanes split the channels
-        const uint32_t gi = pr / MG, g = pr % MG;
-        const uint16_t* z = kz + (grp0 + gi) * D;
-        float b = 0.f;
-        for (uint32_t c = lane; c < D; c += 32) b = fmaf(qs[c * MG + g], h2f(__ldg(z + c)), b);
-        b = warp_sum(b);
-        if (lane == 0) bk[gi * MG + g] = b;
-      }
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int m = 0; m < MG; ++m) s[k][m] = -INFINITY;
+    if (p.KG == 64) {
+      att2_score_pass<BITS, D, MG, 2>(p, sec, qs, W, wt0, lo, hi, h, lane, s, 0);
+    } else {
+      att2_score_pass<BITS, D, MG, 1>(p, sec, qs, W, wt0, lo, hi, h, lane, s, 0);
+      att2_score_pass<BITS, D, MG, 1>(p, sec, qs, W, wt0 + 32, lo, hi, h, lane, s, 1);
     }
-    __syncthreads();
-    const uint64_t t = tt0 + tid;
-    float acc[MG];
+  }
+  // Softmax statistics of the chunk.
+  float mx[MG];
 #pragma unroll
-    for (int g = 0; g < MG; ++g) acc[g] = -INFINITY;
-    const bool valid = live && t >= lo && t < hi && !(p.exclude && p.exclude[h * p.ldExclude + t]);
-    if (valid) {
-      const uint32_t gi = tid / p.KG;
-      load_mg<MG>(bk + gi * MG, acc);
-      uint32_t row[ROWB / 4];
-      load_row<ROWB>(sec + p.keyCodes + t * ROWB, row);
-      const float* wg = wk + gi * D * MG;
+  for (int m = 0; m < MG; ++m) {
+    const float v = warp_max(fmaxf(s[0][m], s[1][m]));
+    if (lane == 0) red[warp * MG + m] = v;
+  }
+  __syncthreads();
 #pragma unroll
-      for (int wi = 0; wi < ROWB / 4; ++wi) {
+  for (int m = 0; m < MG; ++m) {
+    float v = red[m];
+    for (int w = 1; w < NW; ++w) v = fmaxf(v, red[w * MG + m]);
+    mx[m] = v;
+  }
+  const uint32_t ngv = D / p.VG;
+  const bool oneGroup = ngv == 1;  // one value group per token: fold the value scale into p here
+  const uint16_t* vzAll = reinterpret_cast<const uint16_t*>(sec + p.valueZero);   // fp16 [capacity, D/VG]
+  const uint16_t* vsAll = reinterpret_cast<const uint16_t*>(sec + p.valueScale);  // fp16 [capacity, D/VG]
+  {
+    float l[MG], zs[MG];
 #pragma unroll
-        for (int e = 0; e < CPW; ++e) {
-          const float code = code_f((row[wi] >> (e * BITS)) & MASK);
-          float wv[MG];
-          load_mg<MG>(wg + (wi * CPW + e) * MG, wv);  // same address across the warp: a broadcast
+    for (int m = 0; m < MG; ++m) l[m] = zs[m] = 0.f;
 #pragma unroll
-          for (int g = 0; g < MG; ++g) acc[g] = fmaf(wv[g], code, acc[g]);
+    for (int k = 0; k < 2; ++k) {
+      const uint32_t u = warp * kAtt2WarpTokens + lane + 32 * k;
+      float e[MG];
+      bool any = false;
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        e[m] = s[k][m] == -INFINITY ? 0.f : expf(s[k][m] - mx[m]);
+        l[m] += e[m];
+        any |= e[m] != 0.f;
+      }
+      float sv = 1.f, zv = 0.f;  // several value groups: phase B applies the scale (and kCodeHalf) per group
+      if (oneGroup) {
+        // A token nothing attends contributes nothing: its bytes (maybe NaN, maybe past the range) are not read.
+        sv = 0.f;
+        if (any) {
+          sv = h2f_hw(__ldg(vsAll + c0 + u)) * kCodeHalf<BITS>;
+          zv = h2f_hw(__ldg(vzAll + c0 + u));
         }
       }
+#pragma unroll
+      for (int m = 0; m < MG; ++m) {
+        zs[m] = fmaf(e[m], zv, zs[m]);
+        e[m] *= sv;
+      }
+      store_mg<MG>(ps + u * MG, e);
     }
 #pragma unroll
-    for (int g = 0; g < MG; ++g) ps[(tile * kAttTile + tid) * MG + g] = acc[g];
+    for (int m = 0; m < MG; ++m) {
+      const float lw = warp_sum(l[m]), zw = warp_sum(zs[m]);
+      if (lane == 0) {
+        red[(NW + warp) * MG + m] = lw;
+        red[(2 * NW + warp) * MG + m] = zw;
+      }
+    }
   }
-  __syncthreads();
+  __syncthreads();  // ps complete; every warp is done with its W
 
-  // The chunk's max and sum per head; p = exp(s - m) replaces the scores (0 where nothing is attended).
-  float m[MG];
-#pragma unroll
-  for (int g = 0; g < MG; ++g) {
-    float v = -INFINITY;
-    for (uint32_t u = tid; u < kAttendChunk; u += kAttThreads) v = fmaxf(v, ps[u * MG + g]);
-    v = warp_max(v);
-    if (lane == 0) red[warp * MG + g] = v;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int g = 0; g < MG; ++g) {
-    float v = red[g];
-    for (int w = 1; w < NW; ++w) v = fmaxf(v, red[w * MG + g]);
-    m[g] = v;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int g = 0; g < MG; ++g) {
-    float l = 0.f;
-    for (uint32_t u = tid; u < kAttendChunk; u += kAttThreads) {
-      const float s = ps[u * MG + g];
-      const float e = (s == -INFINITY) ? 0.f : expf(s - m[g]);
-      ps[u * MG + g] = e;
-      l += e;
-    }
-    l = warp_sum(l);
-    if (lane == 0) red[warp * MG + g] = l;
-  }
-  __syncthreads();
-  if (tid == 0) {
-#pragma unroll
-    for (int g = 0; g < MG; ++g) {
-      float l = 0.f;
-      for (int w = 0; w < NW; ++w) l += red[w * MG + g];
-      stat[g] = m[g];
-      stat[MG + g] = l;
-    }
-  }
-
-  // Phase B: thread (tl, slice) owns channels [8 slice, 8 slice + 8) and tokens lo + tl, lo + tl + TL, ...
-  constexpr int NS = D / 8, TL = kAttThreads / NS;
+  // Phase B.
+  constexpr int NS = D / 8, TL = kAtt2Threads / NS, U = 4;
   const uint32_t slice = tid % NS, tl = tid / NS;
-  const uint32_t ngv = D / p.VG, vj = slice * 8 / p.VG;
-  const uint8_t* vcodes = sec + p.valueCodes + slice * BITS;  // 8 channels of BITS bits: BITS bytes
-  const uint16_t* vz = reinterpret_cast<const uint16_t*>(sec + p.valueZero) + vj;   // fp16 [capacity, D/VG]
-  const uint16_t* vs = reinterpret_cast<const uint16_t*>(sec + p.valueScale) + vj;  // fp16 [capacity, D/VG]
-  float o[MG][8];
+  const uint32_t vj = slice * 8 / p.VG;
+  const uint8_t* vcodes = sec + p.valueCodes + slice * BITS;
+  const uint16_t* vz = vzAll + vj;
+  const uint16_t* vs = vsAll + vj;
+  float o[MG][8], za[MG];
 #pragma unroll
-  for (int g = 0; g < MG; ++g)
+  for (int m = 0; m < MG; ++m) {
+    za[m] = 0.f;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) o[g][e] = 0.f;
-  __syncthreads();  // ps holds probabilities
-  // Four tokens per pass, all their loads issued before any math, so each thread keeps several reads in flight.
-  constexpr int U = 4;
-  for (uint64_t t0 = lo + tl; t0 < hi; t0 += U * TL) {
+    for (int e = 0; e < 8; ++e) o[m][e] = 0.f;
+  }
+  for (uint64_t t0 = lo - (lo - c0) % TL + tl; t0 < hi; t0 += U * TL) {
     uint32_t cb[U], zb[U], sb[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -808,8 +814,10 @@ __global__ void __launch_bounds__(kAttThreads) kivi_attend_chunk_kernel(AttendPa
         if (BITS == 1) cb[u] = __ldg(cp);
         else if (BITS == 2) cb[u] = __ldg(reinterpret_cast<const uint16_t*>(cp));
         else cb[u] = __ldg(reinterpret_cast<const uint32_t*>(cp));
-        zb[u] = __ldg(vz + t * ngv);
-        sb[u] = __ldg(vs + t * ngv);
+        if (!oneGroup) {
+          zb[u] = __ldg(vz + t * ngv);
+          sb[u] = __ldg(vs + t * ngv);
+        }
       }
     }
 #pragma unroll
@@ -818,74 +826,197 @@ __global__ void __launch_bounds__(kAttThreads) kivi_attend_chunk_kernel(AttendPa
       if (t >= hi) break;
       float pv[MG];
       load_mg<MG>(ps + (t - c0) * MG, pv);
-      bool any = false;
+      if (!oneGroup) {
+        bool any = false;
 #pragma unroll
-      for (int g = 0; g < MG; ++g) any |= pv[g] != 0.f;
-      if (!any) continue;  // excluded: its bytes (which may dequantize to NaN) must not reach the sums, even times 0
-      const float z = h2f(zb[u]), sc = h2f(sb[u]);
+        for (int m = 0; m < MG; ++m) any |= pv[m] != 0.f;
+        if (!any) continue;  // excluded: its bytes must not reach the sums, even times 0
+        const float z = h2f_hw(static_cast<uint16_t>(zb[u])), sc = h2f_hw(static_cast<uint16_t>(sb[u]));
+#pragma unroll
+        for (int m = 0; m < MG; ++m) {
+          za[m] = fmaf(pv[m], z, za[m]);
+          pv[m] *= sc * kCodeHalf<BITS>;
+        }
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float v = fmaf(sc, code_f((cb[u] >> (e * BITS)) & MASK), z);
+        const float code = code_x<BITS>(cb[u], e * BITS);
 #pragma unroll
-        for (int g = 0; g < MG; ++g) o[g][e] = fmaf(pv[g], v, o[g][e]);
+        for (int m = 0; m < MG; ++m) o[m][e] = fmaf(pv[m], code, o[m][e]);
       }
     }
   }
-  // Sum over the token lanes: within a warp, lanes of one slice differ in the bits >= log2(NS) (after which lanes
-  // [0, min(NS, 32)) hold the warp's sums, slice = lane % NS); then warp by warp in a fixed order (deterministic).
+  if (!oneGroup)
+#pragma unroll
+    for (int m = 0; m < MG; ++m)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[m][e] += za[m];
+  // Token lanes of one slice within a warp differ in the lane bits >= log2(NS); then the warps' partials are
+  // summed in warp order (deterministic) from shared memory.
 #pragma unroll
   for (int off = NS; off < 32; off <<= 1)
 #pragma unroll
-    for (int g = 0; g < MG; ++g)
+    for (int m = 0; m < MG; ++m)
 #pragma unroll
-      for (int e = 0; e < 8; ++e) o[g][e] += __shfl_xor_sync(0xffffffffu, o[g][e], off);
-  for (int w = 0; w < NW; ++w) {
-    if (warp == static_cast<uint32_t>(w) && lane < static_cast<uint32_t>(NS < 32 ? NS : 32)) {
+      for (int e = 0; e < 8; ++e) o[m][e] += __shfl_xor_sync(0xffffffffu, o[m][e], off);
+  float* partW = wk + warp * MG * D;  // [MG][D]
+  if (lane < static_cast<uint32_t>(NS < 32 ? NS : 32)) {
 #pragma unroll
-      for (int g = 0; g < MG; ++g)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          float* dst = oacc + g * D + slice * 8 + e;
-          *dst = (w == 0 ? 0.f : *dst) + o[g][e];
-        }
+    for (int m = 0; m < MG; ++m) {
+      float4* d4 = reinterpret_cast<float4*>(partW + m * D + slice * 8);
+      d4[0] = make_float4(o[m][0], o[m][1], o[m][2], o[m][3]);
+      d4[1] = make_float4(o[m][4], o[m][5], o[m][6], o[m][7]);
     }
-    __syncthreads();
   }
-  const uint64_t part = (static_cast<uint64_t>(h) * p.chunks + ci) * p.G;
-  for (uint32_t i = tid; i < p.G * D; i += kAttThreads) p.partO[part * D + i] = oacc[i];
-  if (tid < p.G) {
-    p.partML[(part + tid) * 2] = stat[tid];
-    p.partML[(part + tid) * 2 + 1] = stat[MG + tid];
+  __syncthreads();
+  const uint64_t part = (static_cast<uint64_t>(h) * p.chunks + ci) * M;
+  for (uint32_t i = tid; i < M * D; i += kAtt2Threads) {
+    const uint32_t m = i / D;
+    float v = 0.f;
+    for (int w = 0; w < NW; ++w) v += wk[w * MG * D + i];
+    if (oneGroup) {
+      float z = 0.f;
+      for (int w = 0; w < NW; ++w) z += red[(2 * NW + w) * MG + m];
+      v += z;
+    }
+    p.partO[part * D + i] = v;
+  }
+  if (tid < M) {
+    float mxv = red[tid], L = 0.f;
+    for (int w = 1; w < NW; ++w) mxv = fmaxf(mxv, red[w * MG + tid]);
+    for (int w = 0; w < NW; ++w) L += red[(NW + w) * MG + tid];
+    p.partML[(part + tid) * 2] = mxv;
+    p.partML[(part + tid) * 2 + 1] = L;
   }
 }
 
-// One block per query head: o = sum_i e^(m_i - M) o_i / sum_i e^(m_i - M) l_i, lse = M + log L over the chunks.
-__global__ void __launch_bounds__(128) kivi_attend_combine_kernel(AttendParams p, uint32_t D) {
-  const uint32_t hg = blockIdx.x, h = hg / p.G, g = hg % p.G;
-  const float* ml = p.partML + (static_cast<uint64_t>(h) * p.chunks * p.G + g) * 2;  // chunk i at + i * G * 2
-  const float* po = p.partO + (static_cast<uint64_t>(h) * p.chunks * p.G + g) * D;   // chunk i at + i * G * D
+// One block per (query head, row): o = sum_i e^(m_i - M) o_i / sum_i e^(m_i - M) l_i, lse = M + log L over the
+// chunks (chunks with l_i = 0 attended nothing and are skipped). The chunk weights go to shared memory once.
+constexpr int kCombineThreads = 128;
+constexpr int kCombineTile = 1024;
+__global__ void __launch_bounds__(kCombineThreads) kivi_attend_combine2_kernel(AttendParams p, uint32_t D) {
+  __shared__ float wts[kCombineTile];
+  __shared__ float red[kCombineThreads / 32];
+  const uint32_t hg = blockIdx.x, r = blockIdx.y, h = hg / p.G, m = r * p.G + hg % p.G, tid = threadIdx.x;
+  const uint32_t lane = tid % 32, warp = tid / 32;
+  const uint64_t stride = static_cast<uint64_t>(p.M);
+  const float* ml = p.partML + (static_cast<uint64_t>(h) * p.chunks * stride + m) * 2;  // chunk i at + i * M * 2
+  const float* po = p.partO + (static_cast<uint64_t>(h) * p.chunks * stride + m) * D;   // chunk i at + i * M * D
+  float* out = p.out + r * p.outRowStride + static_cast<uint64_t>(hg) * D;
+  float* lse = p.lse + static_cast<uint64_t>(r) * p.HG + hg;
   float M = -INFINITY;
-  for (uint64_t i = 0; i < p.chunks; ++i)
-    if (ml[i * p.G * 2 + 1] > 0.f) M = fmaxf(M, ml[i * p.G * 2]);
+  for (uint64_t i = tid; i < p.chunks; i += kCombineThreads)
+    if (ml[i * stride * 2 + 1] > 0.f) M = fmaxf(M, ml[i * stride * 2]);
+  M = warp_max(M);
+  if (lane == 0) red[warp] = M;
+  __syncthreads();
+  M = red[0];
+  for (int w = 1; w < kCombineThreads / 32; ++w) M = fmaxf(M, red[w]);
+  __syncthreads();
   if (M == -INFINITY) {
-    for (uint32_t c = threadIdx.x; c < D; c += blockDim.x) p.out[static_cast<uint64_t>(hg) * D + c] = 0.f;
-    if (threadIdx.x == 0) p.lse[hg] = -INFINITY;
+    for (uint32_t c = tid; c < D; c += kCombineThreads) out[c] = 0.f;
+    if (tid == 0) *lse = -INFINITY;
     return;
   }
   float L = 0.f;
-  for (uint64_t i = 0; i < p.chunks; ++i) {
-    const float l = ml[i * p.G * 2 + 1];
-    if (l > 0.f) L += l * expf(ml[i * p.G * 2] - M);
+  for (uint64_t i = tid; i < p.chunks; i += kCombineThreads) {
+    const float l = ml[i * stride * 2 + 1];
+    if (l > 0.f) L += l * expf(ml[i * stride * 2] - M);
   }
-  for (uint32_t c = threadIdx.x; c < D; c += blockDim.x) {
-    float o = 0.f;
-    for (uint64_t i = 0; i < p.chunks; ++i) {
-      const float l = ml[i * p.G * 2 + 1];
-      if (l > 0.f) o = fmaf(po[i * p.G * D + c], expf(ml[i * p.G * 2] - M), o);
+  L = warp_sum(L);
+  if (lane == 0) red[warp] = L;
+  __syncthreads();
+  L = 0.f;
+  for (int w = 0; w < kCombineThreads / 32; ++w) L += red[w];
+  float o[2] = {0.f, 0.f};  // channels tid and tid + 128 (D <= 256)
+  for (uint64_t i0 = 0; i0 < p.chunks; i0 += kCombineTile) {
+    const uint32_t n = static_cast<uint32_t>(min(static_cast<uint64_t>(kCombineTile), p.chunks - i0));
+    __syncthreads();
+    for (uint32_t i = tid; i < n; i += kCombineThreads) {
+      const float l = ml[(i0 + i) * stride * 2 + 1];
+      wts[i] = l > 0.f ? expf(ml[(i0 + i) * stride * 2] - M) : 0.f;
     }
-    p.out[static_cast<uint64_t>(hg) * D + c] = o / L;
+    __syncthreads();
+    for (uint32_t i = 0; i < n; ++i) {
+      const float w = wts[i];
+      if (ml[(i0 + i) * stride * 2 + 1] > 0.f)
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const uint32_t c = tid + k * kCombineThreads;
+          if (c < D) o[k] = fmaf(po[(i0 + i) * stride * D + c], w, o[k]);
+        }
+    }
   }
-  if (threadIdx.x == 0) p.lse[hg] = M + logf(L);
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const uint32_t c = tid + k * kCombineThreads;
+    if (c < D) out[c] = o[k] / L;
+  }
+  if (tid == 0) *lse = M + logf(L);
+}
+
+// ---- Scores, fast path: a warp per 64 tokens, two per lane, the group's weights staged per warp ----
+
+constexpr int kScore2Threads = 256;
+constexpr int kScore2Tokens = 2 * kScore2Threads;  // per block
+
+template <int BITS, int D, int TPL>
+__device__ __forceinline__ void score2_pass(const ScoreParams& p, const uint8_t* sec, const float* q, float* W, uint64_t t0, uint32_t lane, float* out) {
+  constexpr int ROWB = D * BITS / 8, CPW = 32 / BITS;
+  if (t0 >= p.numTokens) return;  // whole groups: t0 < numTokens means every token of the pass exists
+  const uint64_t g = t0 / p.KG;
+  const uint16_t* kz = reinterpret_cast<const uint16_t*>(sec + p.keyZero) + g * D;
+  const uint16_t* ks = reinterpret_cast<const uint16_t*>(sec + p.keyScale) + g * D;
+  uint32_t row[TPL][ROWB / 4];
+#pragma unroll
+  for (int k = 0; k < TPL; ++k) load_row<ROWB>(sec + p.keyCodes + (t0 + lane + 32 * k) * ROWB, row[k]);
+  float b = 0.f;
+  for (uint32_t c = lane; c < D; c += 32) {
+    float s = 0.f;
+    for (uint32_t j = 0; j < p.G; ++j) s += q[j * D + c];
+    const float qm = s / static_cast<float>(p.G);
+    W[c] = qm * h2f_hw(__ldg(ks + c)) * kCodeHalf<BITS>;
+    b += qm * h2f_hw(__ldg(kz + c));
+  }
+  b = warp_sum(b);
+  __syncwarp();
+  float acc[TPL];
+#pragma unroll
+  for (int k = 0; k < TPL; ++k) acc[k] = b;
+  const float4* w4 = reinterpret_cast<const float4*>(W);
+#pragma unroll
+  for (int wi = 0; wi < ROWB / 4; ++wi) {
+#pragma unroll
+    for (int e = 0; e < CPW; e += 4) {
+      const float4 ww = w4[(wi * CPW + e) / 4];  // a broadcast
+#pragma unroll
+      for (int k = 0; k < TPL; ++k) {
+        acc[k] = fmaf(ww.x, code_x<BITS>(row[k][wi], e * BITS), acc[k]);
+        acc[k] = fmaf(ww.y, code_x<BITS>(row[k][wi], (e + 1) * BITS), acc[k]);
+        acc[k] = fmaf(ww.z, code_x<BITS>(row[k][wi], (e + 2) * BITS), acc[k]);
+        acc[k] = fmaf(ww.w, code_x<BITS>(row[k][wi], (e + 3) * BITS), acc[k]);
+      }
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int k = 0; k < TPL; ++k) out[t0 + lane + 32 * k] = acc[k];
+}
+
+template <int BITS, int D>
+__global__ void __launch_bounds__(kScore2Threads) kivi_scores2_kernel(ScoreParams p) {
+  __shared__ __align__(16) float Wsm[kScore2Threads / 32][D];
+  const uint32_t h = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const uint64_t t0 = static_cast<uint64_t>(blockIdx.x) * kScore2Tokens + warp * 64;
+  const uint8_t* sec = p.lowBit + h * p.sectionBytes;
+  const float* q = p.q + static_cast<uint64_t>(h) * p.G * D;
+  float* out = p.out + h * p.ldOut;
+  if (p.KG == 64) {
+    score2_pass<BITS, D, 2>(p, sec, q, Wsm[warp], t0, lane, out);
+  } else {
+    score2_pass<BITS, D, 1>(p, sec, q, Wsm[warp], t0, lane, out);
+    score2_pass<BITS, D, 1>(p, sec, q, Wsm[warp], t0 + 32, lane, out);
+  }
 }
 
 // ---- Launch helpers ----
@@ -914,18 +1045,18 @@ cudaError_t by_mg(uint32_t G, F&& f) {
   if (G <= 1) return f(std::integral_constant<int, 1>());
   if (G <= 2) return f(std::integral_constant<int, 2>());
   if (G <= 4) return f(std::integral_constant<int, 4>());
-  return f(std::integral_constant<int, 8>());
+  if (G <= 8) return f(std::integral_constant<int, 8>());
+  return f(std::integral_constant<int, 16>());
 }
 
 template <int BITS, int D, int MG>
-cudaError_t launch_attend_chunks(const AttendParams& p, uint32_t H, cudaStream_t stream) {
-  using S = AttSmem<D, MG>;
-  auto kernel = kivi_attend_chunk_kernel<BITS, D, MG>;
-  // Above 48 KiB of dynamic shared memory a kernel must opt in; once per instantiation is enough.
+cudaError_t launch_attend2_chunks(const AttendParams& p, uint32_t H, cudaStream_t stream) {
+  using S = Att2Smem<D, MG>;
+  auto kernel = kivi_attend2_kernel<BITS, D, MG>;
   static const cudaError_t attr =
       S::bytes > 48 * 1024 ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::bytes)) : cudaSuccess;
   if (attr != cudaSuccess) return attr;
-  kernel<<<dim3(static_cast<unsigned>(p.chunks), H), kAttThreads, S::bytes, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(p.chunks), H), kAtt2Threads, S::bytes, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -994,10 +1125,10 @@ CudaStatus cuda_kivi_scores(const KiviScoresCall& c) {
   p.G = c.groupSize, p.KG = c.shape.keyGroupSize;
   p.numTokens = static_cast<uint32_t>(c.numGroups * c.shape.keyGroupSize);
   if (p.numTokens > 0) {
-    const dim3 grid((p.numTokens + kScoreThreads - 1) / kScoreThreads, c.shape.numKvHeads);
+    const dim3 grid((p.numTokens + kScore2Tokens - 1) / kScore2Tokens, c.shape.numKvHeads);
     const cudaError_t err = by_bits(c.shape.bits, [&](auto b) {
       return by_dim(c.shape.headDim, [&](auto d) {
-        kivi_scores_kernel<decltype(b)::value, decltype(d)::value><<<grid, kScoreThreads, 0, st->s>>>(p);
+        kivi_scores2_kernel<decltype(b)::value, decltype(d)::value><<<grid, kScore2Threads, 0, st->s>>>(p);
         return cudaGetLastError();
       });
     });
@@ -1046,7 +1177,7 @@ CudaStatus cuda_kivi_attend(const KiviAttendCall& c) {
   if (!sc) return gone("device arena", c.scratch.handle);
   auto st = find_stream(c.stream);
   if (!st) return gone("stream", c.stream);
-  const uint32_t H = c.shape.numKvHeads, D = c.shape.headDim, G = c.groupSize;
+  const uint32_t H = c.shape.numKvHeads, D = c.shape.headDim, G = c.groupSize, R = c.rows;
   AttendParams p;
   p.lowBit = at(lb, c.lowBit);
   p.sectionBytes = c.layout.sectionBytes;
@@ -1059,21 +1190,23 @@ CudaStatus cuda_kivi_attend(const KiviAttendCall& c) {
   p.chunks = kivi_attend_chunks(c.first, c.end);
   p.chunk0 = c.first / kAttendChunk;
   p.partO = reinterpret_cast<float*>(at(sc, c.scratch));
-  p.partML = p.partO + static_cast<uint64_t>(H) * p.chunks * G * D;
+  p.partML = p.partO + static_cast<uint64_t>(H) * p.chunks * R * G * D;
   p.out = reinterpret_cast<float*>(at(out, c.out));
   p.lse = reinterpret_cast<float*>(at(lse, c.lse));
   p.first = c.first, p.end = c.end;
   p.G = G, p.KG = c.shape.keyGroupSize, p.VG = c.shape.valueGroupSize;
+  p.M = R * G, p.HG = H * G;
+  p.qRowStride = c.qRowStride, p.outRowStride = c.outRowStride;
   cudaError_t err = cudaSuccess;
   if (p.chunks > 0) {
     err = by_bits(c.shape.bits, [&](auto b) {
       return by_dim(D, [&](auto d) {
-        return by_mg(G, [&](auto mg) { return launch_attend_chunks<decltype(b)::value, decltype(d)::value, decltype(mg)::value>(p, H, st->s); });
+        return by_mg(R * G, [&](auto mg) { return launch_attend2_chunks<decltype(b)::value, decltype(d)::value, decltype(mg)::value>(p, H, st->s); });
       });
     });
     if (err != cudaSuccess) return failed("the cudaKiviAttend chunk kernel launch", err);
   }
-  kivi_attend_combine_kernel<<<H * G, 128, 0, st->s>>>(p, D);
+  kivi_attend_combine2_kernel<<<dim3(H * G, R), kCombineThreads, 0, st->s>>>(p, D);
   err = cudaGetLastError();
   if (err != cudaSuccess) return failed("the cudaKiviAttend combine kernel launch", err);
   if (ex) hold(*st, {lb, q, ex, out, lse, sc});

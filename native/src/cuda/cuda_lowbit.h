@@ -105,16 +105,16 @@ CudaStatus cuda_topk(const TopKCall& c);
 
 // ---- cudaKiviAttend: softmax attention over dequantized tokens [first, end) minus the excluded ones ----
 constexpr uint32_t kAttendChunk = 512;  // tokens per flash-decoding chunk (one block per chunk and KV head)
-constexpr uint32_t kAttendMaxG = 8;     // query heads per KV head held in registers
+constexpr uint32_t kAttendMaxG = 16;    // query heads per KV head over all rows (rows * G), held in registers
 
 // Chunks are aligned to absolute multiples of kAttendChunk, so a range spans at most ceil(len / chunk) + 1.
 inline uint64_t kivi_attend_chunks(uint64_t first, uint64_t end) {
   if (end <= first) return 0;
   return (end + kAttendChunk - 1) / kAttendChunk - first / kAttendChunk;
 }
-// Scratch: partial outputs [numKvHeads, chunks, G, headDim] f32, then (max, sum) [numKvHeads, chunks, G, 2] f32.
-inline uint64_t kivi_attend_scratch_bytes(uint64_t numKvHeads, uint64_t G, uint64_t D, uint64_t chunks) {
-  return numKvHeads * chunks * G * (D + 2) * 4;
+// Scratch: partial outputs [numKvHeads, chunks, rows * G, headDim] f32, then (max, sum) [numKvHeads, chunks, rows * G, 2] f32.
+inline uint64_t kivi_attend_scratch_bytes(uint64_t numKvHeads, uint64_t G, uint64_t D, uint64_t chunks, uint64_t rows = 1) {
+  return numKvHeads * chunks * rows * G * (D + 2) * 4;
 }
 
 struct KiviAttendCall {
@@ -122,14 +122,17 @@ struct KiviAttendCall {
   LowBitLayout layout;
   DevRef lowBit;
   uint32_t groupSize = 1;
-  DevRef q;  // [numKvHeads * G, headDim] f32
+  uint32_t rows = 1;          // query rows sharing one pass over the codes; rows * G <= kAttendMaxG
+  DevRef q;                   // row r at + r * qRowStride floats: [numKvHeads * G, headDim] f32
+  uint64_t qRowStride = 0;    // floats
   float scale = 1.f;
   uint64_t first = 0, end = 0;
   bool hasExclude = false;
   DevRef exclude;  // u8 [numKvHeads, ldExclude]
   uint64_t ldExclude = 0;
-  DevRef out;  // [numKvHeads * G, headDim] f32
-  DevRef lse;  // [numKvHeads * G] f32
+  DevRef out;  // row r at + r * outRowStride floats: [numKvHeads * G, headDim] f32
+  uint64_t outRowStride = 0;
+  DevRef lse;  // [rows, numKvHeads * G] f32
   DevRef scratch;
   uint32_t stream = 0;
 };

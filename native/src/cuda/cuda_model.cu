@@ -273,11 +273,12 @@ cudaError_t launch_fill(uint8_t* p, uint64_t count, uint32_t key, float scale, c
 
 // ---- Embedding ----
 
-// One block per row; ids live in a mapped pinned slot, read once per block.
+// One block per row; ids live in a mapped pinned slot (or, for cudaEmbedDevice, in device memory: the last step's
+// argmax), read once per block and clamped into the table (memory-safe; host ids are checked before the launch).
 __global__ void embed_kernel(const uint16_t* __restrict__ table, const int32_t* __restrict__ ids, float* __restrict__ out, uint32_t hidden,
-                             bool vec) {
+                             bool vec, int32_t vocab) {
   __shared__ int64_t id;
-  if (threadIdx.x == 0) id = ids[blockIdx.x];
+  if (threadIdx.x == 0) id = min(max(ids[blockIdx.x], 0), vocab - 1);
   __syncthreads();
   const uint16_t* src = table + id * hidden;
   float* dst = out + static_cast<int64_t>(blockIdx.x) * hidden;
@@ -495,6 +496,16 @@ CudaStatus cuda_fill_random(DevRef dst, uint64_t count, FillDtype dtype, uint32_
   return launched(b, err, "cudaFillRandom");
 }
 
+CudaStatus cuda_embed_device(DevRef table, uint32_t hidden, uint32_t vocab, DevRef ids, uint32_t rows, DevRef out, uint32_t stream) {
+  Bound b;
+  CudaStatus st = bind({table, out, ids}, stream, &b);
+  if (!st.ok() || rows == 0) return st;
+  const bool vec = hidden % 8 == 0 && reinterpret_cast<uintptr_t>(b.ptr[0]) % 16 == 0 && reinterpret_cast<uintptr_t>(b.ptr[1]) % 16 == 0;
+  embed_kernel<<<rows, 256, 0, b.stream->s>>>(reinterpret_cast<const uint16_t*>(b.ptr[0]), reinterpret_cast<const int32_t*>(b.ptr[2]),
+                                              reinterpret_cast<float*>(b.ptr[1]), hidden, vec, static_cast<int32_t>(vocab));
+  return launched(b, cudaGetLastError(), "cudaEmbedDevice");
+}
+
 CudaStatus cuda_embed(DevRef table, uint32_t hidden, const int32_t* ids, uint32_t rows, DevRef out, uint32_t stream) {
   Bound b;
   CudaStatus st = bind({table, out}, stream, &b);
@@ -505,7 +516,7 @@ CudaStatus cuda_embed(DevRef table, uint32_t hidden, const int32_t* ids, uint32_
   std::memcpy(slot->host, ids, static_cast<size_t>(rows) * 4);
   const bool vec = hidden % 8 == 0 && reinterpret_cast<uintptr_t>(b.ptr[0]) % 16 == 0 && reinterpret_cast<uintptr_t>(b.ptr[1]) % 16 == 0;
   embed_kernel<<<rows, 256, 0, b.stream->s>>>(reinterpret_cast<const uint16_t*>(b.ptr[0]), reinterpret_cast<const int32_t*>(slot->dev),
-                                              reinterpret_cast<float*>(b.ptr[1]), hidden, vec);
+                                              reinterpret_cast<float*>(b.ptr[1]), hidden, vec, 0x7fffffff);
   const cudaError_t err = cudaGetLastError();
   const cudaError_t rec = slot_release(slot, b.stream->s, false);  // recorded even after a failure, like cuda_kv_gather
   if (err == cudaSuccess && rec != cudaSuccess) return failed("cudaEventRecord after cudaEmbed", rec);

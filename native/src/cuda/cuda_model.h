@@ -29,6 +29,9 @@ CudaStatus cuda_fill_random(DevRef dst, uint64_t count, FillDtype dtype, uint32_
 
 // out[r, :] (f32) = table[ids[r], :] (bf16); ids are checked in [0, vocab) by the caller.
 CudaStatus cuda_embed(DevRef table, uint32_t hidden, const int32_t* ids, uint32_t rows, DevRef out, uint32_t stream);
+// The same with the ids in device memory (int32 [rows]), clamped into [0, vocab): a step embeds the last step's argmax
+// without waiting for it on the host.
+CudaStatus cuda_embed_device(DevRef table, uint32_t hidden, uint32_t vocab, DevRef ids, uint32_t rows, DevRef out, uint32_t stream);
 
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w (f32 out and x, bf16 w; out may equal x).
 CudaStatus cuda_rms_norm(DevRef x, DevRef w, DevRef out, uint32_t rows, uint32_t n, float eps, uint32_t stream);

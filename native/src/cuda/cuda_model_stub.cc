@@ -16,6 +16,7 @@ CudaStatus cuda_download_begin(DevRef, uint64_t, uint32_t, CudaNotifyFn, void*, 
 void cuda_download_finish(uint64_t, void*, uint64_t, bool) {}
 CudaStatus cuda_fill_random(DevRef, uint64_t, FillDtype, uint32_t, float, uint32_t) { return model_not_built(); }
 CudaStatus cuda_embed(DevRef, uint32_t, const int32_t*, uint32_t, DevRef, uint32_t) { return model_not_built(); }
+CudaStatus cuda_embed_device(DevRef, uint32_t, uint32_t, DevRef, uint32_t, DevRef, uint32_t) { return model_not_built(); }
 CudaStatus cuda_rms_norm(DevRef, DevRef, DevRef, uint32_t, uint32_t, float, uint32_t) { return model_not_built(); }
 CudaStatus cuda_rope(DevRef, uint32_t, uint32_t, uint32_t, uint64_t, DevRef, DevRef, uint32_t) { return model_not_built(); }
 CudaStatus cuda_gemm_bf16(const GemmCall&) { return model_not_built(); }

@@ -46,7 +46,7 @@ CudaStatus cuda_arena_read(uint32_t, uint64_t, void*, uint64_t) { return not_bui
 CudaStatus cuda_copy_h2d(const std::shared_ptr<Arena>&, uint64_t, DevRef, uint64_t, uint32_t) { return not_built(); }
 CudaStatus cuda_copy_d2h(const std::shared_ptr<Arena>&, uint64_t, DevRef, uint64_t, uint32_t) { return not_built(); }
 CudaStatus cuda_copy_d2d(DevRef, DevRef, uint64_t, uint32_t) { return not_built(); }
-CudaStatus cuda_stream_create(uint32_t*) { return not_built(); }
+CudaStatus cuda_stream_create(uint32_t*, bool) { return not_built(); }
 CudaStatus cuda_stream_destroy(uint32_t) { return not_built(); }
 bool cuda_stream_live(uint32_t) { return false; }
 CudaStatus cuda_stream_notify(uint32_t, CudaNotifyFn, void*, uint64_t*) { return not_built(); }
@@ -60,6 +60,10 @@ bool cuda_event_live(uint32_t) { return false; }
 CudaStatus cuda_kv_gather(const GatherCall&) { return not_built(); }
 CudaStatus cuda_kv_gather_device(const GatherDeviceCall&) { return not_built(); }
 CudaStatus cuda_gemv_bf16(const GemvCall&) { return not_built(); }
+CudaStatus cuda_graph_begin(uint32_t) { return not_built(); }
+CudaStatus cuda_graph_end(uint32_t, uint32_t*) { return not_built(); }
+CudaStatus cuda_graph_launch(uint32_t, uint32_t) { return not_built(); }
+CudaStatus cuda_graph_free(uint32_t) { return not_built(); }
 CudaTotals cuda_totals() { return {}; }
 
 }  // namespace kvoff
