@@ -5,3 +5,9 @@ export { POLICIES, type EngineOptions } from './engine/options.js';
 export type { EngineStats } from './engine/stats.js';
 export * from './errors.js';
 export { parseBytes, formatBytes } from './units.js';
+// The device-resident CUDA decode step (whole step on the GPU, only token ids cross), for decode-speed work at long
+// context: see README "CUDA backend" and bench/cuda-decode.ts.
+export { ResidentDecoder, randomDeviceWeights } from './cuda/resident-decoder.js';
+export { DenseResident, SpecacheResident, ExactResident, type HostKv, type SpecacheKnobs } from './cuda/resident-attention.js';
+export { uploadWeights } from './cuda/cuda-weights.js';
+export { copyToHost } from './cuda/resident-context.js';

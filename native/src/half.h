@@ -3,21 +3,45 @@
 #include <cstdint>
 #include <cstring>
 
+// The same functions serve the CUDA kernels (nvcc compiles them for host and device), so every 16-bit value a kernel
+// stores has the bits the CPU kernels and the TypeScript references give.
+#if defined(__CUDACC__)
+#define KVOFF_HALF_FN static __host__ __device__ __forceinline__
+#else
+#define KVOFF_HALF_FN static inline
+#endif
+
 namespace kvoff {
 
-static inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-static inline float bits_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+KVOFF_HALF_FN uint32_t f32_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+KVOFF_HALF_FN float bits_f32(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
 
-static inline float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
+KVOFF_HALF_FN float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
 
-static inline uint16_t f32_to_bf16(float f) {
+KVOFF_HALF_FN uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
 
-static inline float f16_to_f32(uint16_t h) {
+KVOFF_HALF_FN float f16_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -31,7 +55,7 @@ static inline float f16_to_f32(uint16_t h) {
   return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
-static inline uint16_t f32_to_f16(float f) {
+KVOFF_HALF_FN uint16_t f32_to_f16(float f) {
   const uint32_t u = f32_bits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t absu = u & 0x7fffffffu;
@@ -58,7 +82,7 @@ static inline uint16_t f32_to_f16(float f) {
 
 enum class KvDtype : int { F16 = 0, BF16 = 1 };
 
-static inline float half_to_f32(uint16_t h, KvDtype dt) { return dt == KvDtype::F16 ? f16_to_f32(h) : bf16_to_f32(h); }
-static inline uint16_t f32_to_half(float f, KvDtype dt) { return dt == KvDtype::F16 ? f32_to_f16(f) : f32_to_bf16(f); }
+KVOFF_HALF_FN float half_to_f32(uint16_t h, KvDtype dt) { return dt == KvDtype::F16 ? f16_to_f32(h) : bf16_to_f32(h); }
+KVOFF_HALF_FN uint16_t f32_to_half(float f, KvDtype dt) { return dt == KvDtype::F16 ? f32_to_f16(f) : f32_to_bf16(f); }
 
 }  // namespace kvoff

@@ -23,30 +23,12 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;  // scores are kept in the log2 domain so exp2 (one MUFU op) replaces exp
 constexpr float kLn2 = 0.6931471805599453f;
 
-__host__ __device__ __forceinline__ float attn_bits_f32(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
-__host__ __device__ __forceinline__ uint32_t attn_f32_bits(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
+// Bit casts and the f32 <-> 16-bit conversions come from half.h (shared with the CPU kernels).
 
 // 16-bit storage to f32 (exact for both formats).
 template <bool BF16>
 __host__ __device__ __forceinline__ float half_f32(uint16_t h) {
-  if (BF16) return attn_bits_f32(static_cast<uint32_t>(h) << 16);
+  if (BF16) return bits_f32(static_cast<uint32_t>(h) << 16);
 #ifdef __CUDA_ARCH__
   return __half2float(__ushort_as_half(h));
 #else
@@ -58,8 +40,8 @@ __host__ __device__ __forceinline__ float half_f32(uint16_t h) {
 template <bool BF16>
 __host__ __device__ __forceinline__ void half2_f32(uint32_t w, float& lo, float& hi) {
   if (BF16) {
-    lo = attn_bits_f32(w << 16);
-    hi = attn_bits_f32(w & 0xffff0000u);
+    lo = bits_f32(w << 16);
+    hi = bits_f32(w & 0xffff0000u);
     return;
   }
 #ifdef __CUDA_ARCH__
@@ -74,41 +56,9 @@ __host__ __device__ __forceinline__ void half2_f32(uint32_t w, float& lo, float&
 #endif
 }
 
-// f32 to 16-bit, bit-exact with half.h (round to nearest even, quiet NaN, f16 overflow to inf): the same bits
-// kvAppend stores, which CUDA's __float2half_rn does not give for NaN.
-__host__ __device__ __forceinline__ uint16_t f32_bf16_bits(float f) {
-  uint32_t u = attn_f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-__host__ __device__ __forceinline__ uint16_t f32_f16_bits(float f) {
-  const uint32_t u = attn_f32_bits(f);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  const uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
-  if (absu >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);
-  const int32_t exp = static_cast<int32_t>(absu >> 23) - 127;
-  if (exp < -14) {
-    if (exp < -25) return sign;
-    const uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
-    const int shift = -exp - 1;
-    const uint32_t shifted = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1u);
-    const uint32_t half = 1u << (shift - 1);
-    const uint32_t r = shifted + ((rem > half || (rem == half && (shifted & 1u))) ? 1u : 0u);
-    return static_cast<uint16_t>(sign | r);
-  }
-  uint32_t h = (static_cast<uint32_t>(exp + 15) << 10) | ((absu & 0x7fffffu) >> 13);
-  const uint32_t rem = absu & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h += 1;
-  return static_cast<uint16_t>(sign | h);
-}
-
 template <bool BF16>
 __host__ __device__ __forceinline__ uint16_t f32_half(float f) {
-  return BF16 ? f32_bf16_bits(f) : f32_f16_bits(f);
+  return BF16 ? f32_to_bf16(f) : f32_to_f16(f);
 }
 
 __device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }

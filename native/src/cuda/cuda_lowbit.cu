@@ -14,6 +14,7 @@
 #include "cuda/cuda_device.h"
 #include "cuda/cuda_internal.h"
 #include "cuda/cuda_lowbit.h"
+#include "half.h"
 
 namespace cg = cooperative_groups;
 
@@ -34,63 +35,11 @@ namespace {
 #define LB_DIV(a, b) ((a) / (b))
 #endif
 
-__host__ __device__ __forceinline__ uint32_t f2u(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  union { float f; uint32_t u; } c{f};
-  return c.u;
-#endif
-}
-__host__ __device__ __forceinline__ float u2f(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  union { uint32_t u; float f; } c{u};
-  return c.f;
-#endif
-}
+// Bit casts and fp16 conversions from half.h (shared with the CPU kernels): the quantizer must match kivi.h bit for bit.
+__host__ __device__ __forceinline__ float u2f(uint32_t u) { return bits_f32(u); }
+__host__ __device__ __forceinline__ float h2f(uint32_t h) { return f16_to_f32(static_cast<uint16_t>(h)); }
+__host__ __device__ __forceinline__ uint16_t f2h(float f) { return f32_to_f16(f); }
 
-// fp16 bits -> f32, exact (native/src/half.h f16_to_f32).
-__host__ __device__ __forceinline__ float h2f(uint32_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  if (exp == 0) {
-    if (mant == 0) return u2f(sign);
-    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
-    return sign ? -v : v;
-  }
-  if (exp == 31) return u2f(sign | 0x7f800000u | (mant << 13));
-  return u2f(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
-// f32 -> fp16 bits, round to nearest even (native/src/half.h f32_to_f16, line for line).
-__host__ __device__ __forceinline__ uint16_t f2h(float f) {
-  const uint32_t u = f2u(f);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  const uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
-  if (absu >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);
-  const int32_t exp = static_cast<int32_t>(absu >> 23) - 127;
-  if (exp < -14) {
-    if (exp < -25) return sign;
-    const uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
-    const int shift = -exp - 1;
-    const uint32_t shifted = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1u);
-    const uint32_t half = 1u << (shift - 1);
-    const uint32_t r = shifted + ((rem > half || (rem == half && (shifted & 1u))) ? 1u : 0u);
-    return static_cast<uint16_t>(sign | r);
-  }
-  const uint32_t mant = absu & 0x7fffffu;
-  uint32_t h = (static_cast<uint32_t>(exp + 15) << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h += 1;
-  return static_cast<uint16_t>(sign | h);
-}
-
-// One 16-bit KV element (the low or high half of a little-endian word) -> f32, exact for both dtypes.
 __host__ __device__ __forceinline__ float kv2f(uint32_t bits16, bool bf16) { return bf16 ? u2f(bits16 << 16) : h2f(bits16); }
 
 // kiviMetaF16: clamp to +-65504, NaN as 0x7e00.
