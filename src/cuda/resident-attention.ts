@@ -7,6 +7,7 @@
 //   exact:    sinks and window on the device, every other token attended exactly by the CPU workers over the host
 //             KV, merged by LSE: only q goes down and (o, lse) comes back per layer.
 import type { CpuAttentionPool } from '../cpu-attention.js';
+import { KvoffArgumentError } from '../errors.js';
 import { cudaAttendScratchBytes } from '../kernels/device-attention-ref.js';
 import { cudaKiviAttendScratchBytes, deviceLowBitLayout } from '../kernels/device-lowbit-layout.js';
 import type { ModelConfig } from '../model/types.js';
@@ -162,7 +163,7 @@ export class SpecacheResident implements ResidentAttention {
     readonly copyStream: number,
   ) {
     const c = s.config;
-    if (k.window % k.keyGroupSize !== 0) throw new Error(`specache window ${k.window} must be a multiple of keyGroupSize ${k.keyGroupSize}`);
+    if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
     this.#arena = DeviceArena.create(specacheLayout(c, s.capacity, k));
     const bt = host.blockIds;
@@ -198,6 +199,8 @@ export class SpecacheResident implements ResidentAttention {
     const { config: c, stream, capacity } = this.s;
     const { sinks, window, topK, keyGroupSize } = this.k;
     const on = this.prefetch === 'serial' ? stream : this.copyStream;
+    // The top-k ranks the quantized tokens between the sinks and the window; there must be at least topK of them.
+    if (n - window - sinks < topK) throw new KvoffArgumentError('specache context', `at least sinks + window + topK = ${sinks + window + topK} tokens`, n);
     const qAside = this.ref('selectQ', layer * c.numHeads * c.headDim * 4); // per layer: the copy stream may lag a few layers
     native().cudaCopyD2D({ src: q, dst: qAside, bytes: c.numHeads * c.headDim * 4, stream });
     if (on !== stream) waitFor(on, stream); // after this layer's tail has read the old mask, and q is aside

@@ -8,7 +8,7 @@ import { copyToHost } from '../../src/cuda/resident-context.js';
 import { DenseResident, SpecacheResident, type HostKv } from '../../src/cuda/resident-attention.js';
 import { ResidentDecoder } from '../../src/cuda/resident-decoder.js';
 import { HostArena } from '../../src/arena.js';
-import { createEngine, loadModel, type Model } from '../../src/index.js';
+import { KvoffArgumentError, createEngine, loadModel, type Model } from '../../src/index.js';
 import { loadModelDir } from '../../src/model/load-dir.js';
 import { writeRandomModel } from '../../src/model/random-model.js';
 import { native } from '../../src/native.js';
@@ -141,6 +141,26 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
       arena.dispose();
     }
   }, 120_000);
+});
+
+describe.skipIf(!gpuUsable)('the device-resident specache step on bad input', () => {
+  it('refuses a context shorter than its sinks, window and top-k with the numbers, before any kernel runs', () => {
+    const c = models.cuda.config;
+    const arena = new HostArena(c.numLayers * c.numKvHeads * 64 * 4 * c.headDim, { pin: true });
+    const host: HostKv = {
+      region: (l) => ({ handle: arena.handle, offset: l * c.numKvHeads * 64 * 4 * c.headDim, numBlocks: 1, numKvHeads: c.numKvHeads, headDim: c.headDim, blockSize: 64, dtype: 'bf16' }),
+      blockIds: Int32Array.of(0),
+    };
+    const knobs = { topK: 32, sinks: 4, window: 64, bits: 2 as const, keyGroupSize: 32 as const };
+    expect(() => new SpecacheResident({ config: c, capacity: 64, dtype: 'bf16', stream: 0 }, { ...knobs, window: 40 }, host, 0)).toThrow(KvoffArgumentError);
+    const spec = new SpecacheResident({ config: c, capacity: 64, dtype: 'bf16', stream: 0 }, knobs, host, 0);
+    try {
+      expect(() => spec.prime(60)).toThrow('Expected at least sinks + window + topK = 100 tokens for specache context but received 60');
+    } finally {
+      spec.dispose();
+      arena.dispose();
+    }
+  });
 });
 
 describe.skipIf(!gpuUsable)('the demo model on CUDA', () => {
