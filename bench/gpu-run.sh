@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's checks and benchmarks in one call, logs into $OUT: what `run` brings back.
-# Here: npm run build && ../shared/tools/device-pack.sh build dist   (then carry .device)
+# Here: npm run build && ../shared/tools/device-pack.sh build/Release/kvoff.node dist   (then carry .device; only the
+#   addon of build/, whose object files would push the carry past 64 MiB)
 # There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [decode] [decode-quick]
 set -u
 OUT=${OUT:-gpu-out}
