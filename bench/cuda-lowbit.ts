@@ -12,7 +12,9 @@
 import { cudaKiviAttendScratchBytes, deviceLowBitLayout, type DeviceLowBitShape } from '../src/kernels/device-lowbit-layout.js';
 import { seededRandom } from '../src/engine/sampling.js';
 import { randn } from '../src/model/random-model.js';
-import { native, type DevRef } from '../src/native.js';
+import { native } from '../src/native.js';
+import { f32ToF16 } from '../src/kernels/half.js';
+import { DevArena, Timer } from './cuda-timing.js';
 import { MiB, gbPerS, median } from './memcpy.js';
 
 const H = 8;
@@ -25,64 +27,6 @@ const SINKS = 4;
 const WINDOW = 64;
 const Q_ROW_STRIDE = (H * G + 2 * H) * D; // floats between the rows' q in the fused qkv activations (Llama-3.1-8B)
 
-class DevArena implements Disposable {
-  readonly handle: number;
-  constructor(readonly bytes: number) {
-    this.handle = native().cudaArenaCreate({ bytes }).handle;
-  }
-  ref(offset: number): DevRef {
-    return { devHandle: this.handle, devOffset: offset };
-  }
-  write(offset: number, data: ArrayBufferView): void {
-    native().cudaArenaWrite({ handle: this.handle, offset, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
-  }
-  [Symbol.dispose](): void {
-    native().cudaArenaFree({ handle: this.handle });
-  }
-}
-
-/** GPU time on a gated stream (bench/cuda-kernels.ts's Timer). */
-class Timer {
-  readonly stream = native().cudaStreamCreate();
-  readonly gateStream = native().cudaStreamCreate();
-  copyMs = 1;
-  constructor(private readonly gateArena: DevArena, private readonly gateBytes: number) {}
-
-  private gate(ms: number): void {
-    const copies = Math.min(2000, Math.ceil(ms / this.copyMs));
-    for (let i = 0; i < copies; i++)
-      native().cudaCopyD2D({ src: this.gateArena.ref(0), dst: this.gateArena.ref(this.gateBytes), bytes: this.gateBytes, stream: this.gateStream });
-    const e = native().cudaEventRecord({ stream: this.gateStream });
-    native().cudaStreamWaitEvent({ stream: this.stream, event: e });
-    native().cudaEventFree({ event: e });
-  }
-
-  async time(reps: number, warmup: number, enqueue: (i: number) => void): Promise<number[]> {
-    let cpuMs = 0;
-    for (let i = 0; i < warmup; i++) {
-      const t0 = performance.now();
-      enqueue(i);
-      cpuMs = Math.max(cpuMs, performance.now() - t0);
-    }
-    await native().cudaStreamSynchronize({ stream: this.stream });
-    this.gate(2 * reps * cpuMs + 2);
-    const events = [native().cudaEventRecord({ stream: this.stream, timing: true })];
-    for (let i = 0; i < reps; i++) {
-      enqueue(warmup + i);
-      events.push(native().cudaEventRecord({ stream: this.stream, timing: true }));
-    }
-    await Promise.all([native().cudaStreamSynchronize({ stream: this.stream }), native().cudaStreamSynchronize({ stream: this.gateStream })]);
-    const ms = events.slice(1).map((e, i) => native().cudaEventElapsedMs({ start: events[i]!, end: e }));
-    for (const e of events) native().cudaEventFree({ event: e });
-    return ms;
-  }
-
-  dispose(): void {
-    native().cudaStreamDestroy({ stream: this.stream });
-    native().cudaStreamDestroy({ stream: this.gateStream });
-  }
-}
-
 interface Row {
   kernel: string;
   bits: number;
@@ -92,16 +36,6 @@ interface Row {
   ratio: number; // to device copy
 }
 
-/** fp16 bits of a value (normal range only, round toward zero is fine for bench data). */
-function f16(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0]!;
-  const sign = (u >>> 16) & 0x8000;
-  const e = ((u >>> 23) & 0xff) - 127 + 15;
-  if (e <= 0) return sign;
-  return sign | (Math.min(e, 30) << 10) | ((u >>> 13) & 0x3ff);
-}
-
 /** One layer's copy with random codes and plausible fp16 zero/scale, written `copies` times. */
 function fillLayers(lb: DevArena, s: DeviceLowBitShape, layerBytes: number, copies: number, r: () => number): void {
   const L = deviceLowBitLayout(s);
@@ -109,7 +43,7 @@ function fillLayers(lb: DevArena, s: DeviceLowBitShape, layerBytes: number, copi
   for (let i = 0; i < sec.length; i += 4) new DataView(sec.buffer).setUint32(i, Math.floor(r() * 2 ** 32), true);
   const half = (at: number, count: number, f: () => number) => {
     const v = new Uint16Array(sec.buffer, at, count);
-    for (let i = 0; i < count; i++) v[i] = f16(f());
+    for (let i = 0; i < count; i++) v[i] = f32ToF16(f());
   };
   const groups = Math.floor(N / KG);
   const g = randn(4096, r);

@@ -14,6 +14,7 @@ export class CudaDenseLayers implements DenseLayers {
   readonly #kernels: LayerKernels;
   #scratch: DeviceArena | null = null;
   #rows = 0;
+  #onDevice: Float32Array | null = null; // the host array whose rows 'x' holds: the engine passes the same hidden to pre and post
 
   constructor(
     readonly config: ModelConfig,
@@ -31,6 +32,7 @@ export class CudaDenseLayers implements DenseLayers {
       await native().cudaStreamSynchronize({ stream: this.stream });
       this.#scratch.free();
       this.#scratch = null;
+      this.#onDevice = null;
     }
     const rows = Math.max(T, this.#rows * 2, 8);
     this.#scratch = DeviceArena.create(activationLayout(this.config, rows));
@@ -52,6 +54,7 @@ export class CudaDenseLayers implements DenseLayers {
     const s = await this.#buffers(T);
     const width = qkvWidth(this.config);
     this.#upload(s.ref('x'), hidden);
+    this.#onDevice = hidden;
     this.#upload(s.ref('cos'), cos);
     this.#upload(s.ref('sin'), sin);
     this.#kernels.pre(s, layer, T);
@@ -73,7 +76,8 @@ export class CudaDenseLayers implements DenseLayers {
     const T = residual.length / H;
     if (attn.length !== T * nH * D) throw new KvoffArgumentError('attn', `${T * nH * D} floats ([${T}, ${nH * D}])`, attn.length);
     const s = await this.#buffers(T);
-    this.#upload(s.ref('x'), residual);
+    if (residual !== this.#onDevice) this.#upload(s.ref('x'), residual); // else 'x' holds it since preAttention
+    this.#onDevice = null; // 'x' becomes the layer's output
     this.#upload(s.ref('attn'), attn);
     this.#kernels.post(s, layer, T);
     return (await this.#download(s.ref('x'), T * H)).slice();
@@ -83,6 +87,7 @@ export class CudaDenseLayers implements DenseLayers {
     const T = hidden.length / this.config.hiddenSize;
     const s = await this.#buffers(T);
     this.#upload(s.ref('x'), hidden);
+    this.#onDevice = null;
     this.#kernels.head(s, T);
     return (await this.#download(s.ref('logits'), T * this.config.vocabSize)).slice();
   }

@@ -150,6 +150,7 @@ export class SpecacheResident implements ResidentAttention {
   readonly speculative = true;
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
+  readonly #counts: [Int32Array, Int32Array]; // hot rows each row attends, per KV head: the speculative row also sees its own slot
   #fetched = 0; // event after the copy stream's last selection and fetch, 0 when none is pending
   copyEvents: Array<[number, number]> = []; // (start, end) timing events of the prefetches, for the copy time
   stallEvents: Array<[number, number]> = []; // (before, after) the compute stream's wait for a prefetch
@@ -165,6 +166,7 @@ export class SpecacheResident implements ResidentAttention {
     const c = s.config;
     if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
+    this.#counts = [new Int32Array(c.numKvHeads).fill(this.#hotCap - 1), new Int32Array(c.numKvHeads).fill(this.#hotCap)];
     this.#arena = DeviceArena.create(specacheLayout(c, s.capacity, k));
     const bt = host.blockIds;
     native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
@@ -273,8 +275,7 @@ export class SpecacheResident implements ResidentAttention {
       const { q, k, v } = qkvRefs(c, a, row);
       // The speculative row's KV is never stored: it joins through the last hot slot, which only it attends.
       if (row === 1) native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: this.#hotCap - 1 });
-      const attended = row === 0 ? this.#hotCap - 1 : this.#hotCap;
-      native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(attended), q, scale: scaleOf(c), out: out(row), lse: lse(row), ...scratch });
+      native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: this.#counts[row], q, scale: scaleOf(c), out: out(row), lse: lse(row), ...scratch });
     }
     step.mark?.('hot attention');
     // Both rows attend the same low-bit tail minus the same exclusions: one pass over the codes serves them
@@ -326,6 +327,7 @@ export class ExactResident implements ResidentAttention {
   readonly speculative = false;
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
+  readonly #kvHeads: Int32Array; // every KV head, for the CPU part
 
   constructor(
     readonly s: ResidentShape,
@@ -335,6 +337,7 @@ export class ExactResident implements ResidentAttention {
   ) {
     const c = s.config;
     this.#hotCap = k.sinks + k.window;
+    this.#kvHeads = Int32Array.from({ length: c.numKvHeads }, (_, h) => h);
     const layout = partialsLayout(c, this.#hotCap);
     for (let l = 0; l < c.numLayers; l++) layout.add(`hot${l}`, kvRegionBytes(c, this.#hotCap));
     this.#arena = DeviceArena.create(layout);
@@ -380,7 +383,7 @@ export class ExactResident implements ResidentAttention {
     const oCpu = new Float32Array(c.numHeads * D); // [Hkv, G, D]
     const lCpu = new Float32Array(c.numHeads); // [Hkv, G]
     await this.pool.attend({
-      region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: Int32Array.from({ length: c.numKvHeads }, (_, h) => h), groupSize: G,
+      region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: this.#kvHeads, groupSize: G,
       q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: Int32Array.from(hotPositions(n, sinks, window)), out: oCpu, lse: lCpu,
     });
     if (!onDevice) {
