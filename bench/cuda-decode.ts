@@ -69,7 +69,7 @@ function hostKv(): { arena: HostArena; kv: HostKv } {
 
 async function fillContext(spec: SpecacheResident | null, exact: ExactResident | null, host: { arena: HostArena; kv: HostKv }): Promise<void> {
   const arena = DeviceArena.create(new DeviceLayout().add('kv', kvLayerBytes(context)));
-  const staged: StagedLayer = { kv: (off) => arena.ref('kv', off), n: context };
+  const staged: StagedLayer = { kv: (off) => arena.ref('kv', off), n: context, capacity: context };
   try {
     for (let l = 0; l < c.numLayers; l++) {
       native().cudaFillRandom({ dst: arena.ref('kv'), count: kvLayerBytes(context) / 2, dtype: 'bf16', seed: 7000 + l, scale: 1, stream });

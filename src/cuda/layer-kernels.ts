@@ -4,8 +4,8 @@ import type { ModelConfig } from '../model/types.js';
 import { native, type DevRef } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
 
-/** Activations of up to `rows` tokens, f32. */
-export function activationLayout(c: ModelConfig, rows: number): DeviceLayout {
+/** Activations of up to `rows` tokens, f32; logits for `logitsRows` of them (prefill samples only its last row). */
+export function activationLayout(c: ModelConfig, rows: number, logitsRows = rows): DeviceLayout {
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D, intermediateSize: I, vocabSize: V } = c;
   return new DeviceLayout()
     .add('x', rows * H * 4) // residual stream [rows, H]
@@ -16,7 +16,7 @@ export function activationLayout(c: ModelConfig, rows: number): DeviceLayout {
     .add('sin', rows * D * 4)
     .add('gateUp', rows * 2 * I * 4) // [rows, 2I]
     .add('act', rows * I * 4) // [rows, I]
-    .add('logits', rows * V * 4) // [rows, V]
+    .add('logits', logitsRows * V * 4) // [logitsRows, V]
     .add('ids', rows * 4); // [rows] int32: token ids in, argmax out
 }
 

@@ -26,11 +26,18 @@ export interface StepRows {
   pos: number; // position of row 0 (the real token); row 1, when present, is the speculative token at pos + 1
   rows: 1 | 2;
   mark?: (phase: string) => void; // profiling: the GPU time since the last mark is booked to `phase`
+  signal?: AbortSignal; // stops exact's CPU part mid-layer
 }
 
 export interface ResidentAttention {
   readonly deviceBytes: number; // KV-side device memory, the part a vramBudget caps
   readonly speculative: boolean; // wants a second (speculative) row each step
+  /** The full-precision KV's home in pinned host memory, which prefill fills too; null when it lives on the device (dense). */
+  readonly host: HostKv | null;
+  /** Where prefill writes a layer's KV when the policy keeps it whole on the device (dense); absent: a staging buffer. */
+  prefillKv?(layer: number): { kv: DevRef; capacity: number };
+  /** Takes a prefilled layer; lastQ is the last prompt token's query [nH, D] f32 (specache picks its first hot set with it). */
+  load(layer: number, staged: StagedLayer, lastQ: DevRef): void;
   /** Enqueues (or, for exact, runs) layer `layer`'s attention of the step: reads a.qkv, writes a.attn. */
   attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> | void;
   dispose(): void;
@@ -72,15 +79,22 @@ export function waitFor(stream: number, after: number): void {
   native().cudaEventFree({ event: e }); // legal once waited on: CUDA releases it when it completes
 }
 
+function denseLayout(c: ModelConfig, capacity: number): DeviceLayout {
+  const layout = partialsLayout(c, capacity);
+  for (let l = 0; l < c.numLayers; l++) layout.add(`kv${l}`, kvRegionBytes(c, capacity));
+  return layout;
+}
+
+/** Bytes of dense's KV on the device for a run of `capacity` tokens (its partials and scratch aside, as the host-side plan counts it). */
+export const denseKvBytes = (c: ModelConfig, capacity: number): number => c.numLayers * kvRegionBytes(c, capacity);
+
 /** dense: every layer's KV in one device arena, [numLayers][Hkv, capacity, 2, D]. */
 export class DenseResident implements ResidentAttention {
   readonly speculative = false;
+  readonly host = null;
   readonly #arena: DeviceArena;
   constructor(readonly s: ResidentShape) {
-    const c = s.config;
-    const layout = partialsLayout(c, s.capacity);
-    for (let l = 0; l < c.numLayers; l++) layout.add(`kv${l}`, kvRegionBytes(c, s.capacity));
-    this.#arena = DeviceArena.create(layout);
+    this.#arena = DeviceArena.create(denseLayout(s.config, s.capacity));
   }
   get deviceBytes(): number {
     return this.#arena.bytes;
@@ -88,6 +102,10 @@ export class DenseResident implements ResidentAttention {
   kv(layer: number): DevRef {
     return this.#arena.ref(`kv${layer}`);
   }
+  prefillKv(layer: number): { kv: DevRef; capacity: number } {
+    return { kv: this.kv(layer), capacity: this.s.capacity };
+  }
+  load(): void {} // prefill wrote the KV in place (prefillKv)
 
   attend(layer: number, a: DeviceArena, step: StepRows): void {
     const { config: c, capacity, dtype, stream } = this.s;
@@ -224,12 +242,16 @@ export class SpecacheResident implements ResidentAttention {
     }
   }
 
-  /** A prefilled layer (staged on the device): its low-bit copy (complete key groups) and the hot sinks and window. */
-  load(layer: number, staged: StagedLayer): void {
+  /**
+   * A prefilled layer (staged on the device): its low-bit copy (complete key groups) and the hot sinks and window;
+   * with the last prompt token's query, also the first step's top-k (else prime() picks it).
+   */
+  load(layer: number, staged: StagedLayer, lastQ?: DevRef): void {
     const { sinks, window, keyGroupSize } = this.k;
     const groups = Math.floor(staged.n / keyGroupSize) * keyGroupSize;
-    this.quantize(layer, staged.kv(0), staged.n, 0, 0, groups);
+    this.quantize(layer, staged.kv(0), staged.capacity, 0, 0, groups);
     fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, sinks, window, this.s.stream);
+    if (lastQ) this.select(layer, lastQ, staged.n);
   }
 
   /**
@@ -312,11 +334,22 @@ export class SpecacheResident implements ResidentAttention {
   }
 
   dispose(): void {
-    this.drainCopyMs();
+    // Freed unread: after a failed step some may never complete (drainCopyMs reads them).
+    for (const pair of [...this.copyEvents.splice(0), ...this.stallEvents.splice(0)]) for (const e of pair) native().cudaEventFree({ event: e });
     if (this.#fetched !== 0) native().cudaEventFree({ event: this.#fetched });
     this.#arena.free();
   }
 }
+
+function exactLayout(c: ModelConfig, k: { sinks: number; window: number }): DeviceLayout {
+  const hotCap = k.sinks + k.window;
+  const layout = partialsLayout(c, hotCap);
+  for (let l = 0; l < c.numLayers; l++) layout.add(`hot${l}`, kvRegionBytes(c, hotCap));
+  return layout;
+}
+
+/** Bytes exact (or cpu, with no sinks and no window) keeps on the device: the hot rows and the partials. */
+export const exactDeviceBytes = (c: ModelConfig, k: { sinks: number; window: number }): number => exactLayout(c, k).bytes;
 
 /**
  * exact: sinks and the recent window on the device (a ring, as specache's), the rest on the CPU workers over the host
@@ -336,11 +369,10 @@ export class ExactResident implements ResidentAttention {
     readonly pool: CpuAttentionPool,
   ) {
     const c = s.config;
+    if (k.sinks > 0 && k.window < 1) throw new KvoffArgumentError('exact window', 'at least 1 token beside sinks', k.window);
     this.#hotCap = k.sinks + k.window;
     this.#kvHeads = Int32Array.from({ length: c.numKvHeads }, (_, h) => h);
-    const layout = partialsLayout(c, this.#hotCap);
-    for (let l = 0; l < c.numLayers; l++) layout.add(`hot${l}`, kvRegionBytes(c, this.#hotCap));
-    this.#arena = DeviceArena.create(layout);
+    this.#arena = DeviceArena.create(exactLayout(c, k));
   }
   get deviceBytes(): number {
     return this.#arena.bytes;
@@ -385,7 +417,7 @@ export class ExactResident implements ResidentAttention {
     await this.pool.attend({
       region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: this.#kvHeads, groupSize: G,
       q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: Int32Array.from(hotPositions(n, sinks, window)), out: oCpu, lse: lCpu,
-    });
+    }, { signal: step.signal });
     if (!onDevice) {
       native().cudaUpload({ dst: out, data: oCpu, stream });
       return;

@@ -1,12 +1,14 @@
 // Hands a prefilled context to the device-resident policies: from one layer's full-precision KV staged on the device
-// ([Hkv, n, 2, D]), fill a hot region's sinks and window ring, the low-bit copy, and the pinned host cache.
+// ([Hkv, capacity, 2, D], its first n rows filled), fill a hot region's sinks and window ring, the low-bit copy, and
+// the pinned host cache.
 import type { ModelConfig } from '../model/types.js';
 import { native, type DevRef } from '../native.js';
 import type { HostKv } from './resident-attention.js';
 
 export interface StagedLayer {
-  kv: (byteOffset: number) => DevRef; // [Hkv, n, 2, D] 16-bit
-  n: number;
+  kv: (byteOffset: number) => DevRef; // [Hkv, capacity, 2, D] 16-bit
+  n: number; // tokens staged: rows [0, n) of every head
+  capacity: number; // rows per head (the stride between heads), >= n
 }
 
 const rowBytes = (c: ModelConfig): number => 4 * c.headDim; // K and V of one token-head, 16-bit
@@ -15,7 +17,7 @@ const rowBytes = (c: ModelConfig): number => 4 * c.headDim; // K and V of one to
 function copyRows(c: ModelConfig, staged: StagedLayer, hot: (byteOffset: number) => DevRef, hotCap: number, first: number, count: number, slot: number, stream: number): void {
   const rb = rowBytes(c);
   for (let h = 0; h < c.numKvHeads; h++)
-    native().cudaCopyD2D({ src: staged.kv((h * staged.n + first) * rb), dst: hot((h * hotCap + slot) * rb), bytes: count * rb, stream });
+    native().cudaCopyD2D({ src: staged.kv((h * staged.capacity + first) * rb), dst: hot((h * hotCap + slot) * rb), bytes: count * rb, stream });
 }
 
 /** The sinks (slots [0, sinks)) and the window ring (position p in slot sinks + p % window) of a hot region. */
@@ -36,7 +38,7 @@ export function copyToHost(c: ModelConfig, staged: StagedLayer, host: HostKv, la
   for (let b = 0; b * r.blockSize < staged.n; b++) {
     const rows = Math.min(r.blockSize, staged.n - b * r.blockSize);
     for (let h = 0; h < c.numKvHeads; h++) {
-      const src = staged.kv((h * staged.n + b * r.blockSize) * rb);
+      const src = staged.kv((h * staged.capacity + b * r.blockSize) * rb);
       const hostOffset = r.offset + (host.blockIds[b] * c.numKvHeads + h) * r.blockSize * rb;
       native().cudaCopyD2H({ hostHandle: r.handle, hostOffset, devHandle: src.devHandle, devOffset: src.devOffset, bytes: rows * rb, stream });
     }

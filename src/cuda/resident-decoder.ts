@@ -9,6 +9,7 @@ import { DeviceArena } from './device-arena.js';
 import { GraphCache } from './graph-cache.js';
 import { LayerKernels, activationLayout } from './layer-kernels.js';
 import type { ResidentAttention } from './resident-attention.js';
+import { prefillResident, type ResidentPrefillOptions } from './resident-prefill.js';
 
 /**
  * Random bf16 weights made on the device (no host traffic: an 8B model is 16 GB), uniform in +-sqrt(3 / fan_in) so
@@ -52,6 +53,7 @@ export class PhaseProfile {
 
 export class ResidentDecoder {
   profile: PhaseProfile | null = null;
+  signal: AbortSignal | undefined; // stops a step between layers (and exact's CPU part within one)
   enqueueMs = 0; // host time to enqueue the last step (launch overhead), measured to the argmax download
   readonly #acts: DeviceArena;
   readonly #kernels: LayerKernels;
@@ -73,6 +75,17 @@ export class ResidentDecoder {
     this.#acts = DeviceArena.create(activationLayout(config, 2));
     this.#kernels = new LayerKernels(config, weights, stream);
     this.#invFreq = ropeInvFreq(config);
+  }
+
+  /**
+   * Prefills `tokens` at positions 0 .. T-1 into the attention's KV (see resident-prefill.ts); resolves with the last
+   * token's logits [vocab]. Steps follow at position T.
+   */
+  prefill(tokens: Int32Array, opts: Omit<ResidentPrefillOptions, 'stream' | 'dtype'> & { dtype?: 'bf16' | 'f16' }): Promise<Float32Array> {
+    const run = () => prefillResident(this.config, this.weights, this.attention, tokens, this.#invFreq, { dtype: 'bf16', ...opts, stream: this.stream });
+    const done = this.#tail.then(run);
+    this.#tail = done.then(() => undefined, () => undefined);
+    return done;
   }
 
   /**
@@ -119,7 +132,8 @@ export class ResidentDecoder {
       if (this.#graphs) this.#graphs.run(`pre ${l} ${rows}`, () => k.pre(a, l, rows));
       else k.pre(a, l, rows);
       mark?.('qkv projection');
-      const pending = this.attention.attend(l, a, { pos, rows, mark });
+      this.signal?.throwIfAborted();
+      const pending = this.attention.attend(l, a, { pos, rows, mark, signal: this.signal });
       if (pending) await pending; // only exact's CPU part: the device policies enqueue without yielding
       mark?.('attention');
       if (this.#graphs) this.#graphs.run(`post ${l} ${rows}`, () => k.post(a, l, rows));

@@ -1,5 +1,6 @@
 // The engine: owns the attention workers, and turns prompts into streamed tokens over the paged host KV cache.
 import { setMaxListeners } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
@@ -7,6 +8,7 @@ import type { Model } from '../model/model.js';
 import { decodeStep, forward, type DecodeRow, type ForwardContext } from './forward.js';
 import { POLICY_SPECS, type Knobs } from './policies.js';
 import { planPrefixSharing } from './prefix-sharing.js';
+import { ResidentRun } from './resident-run.js';
 import { RunKv, type SeqKv } from './run-kv.js';
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js';
 import { argmax, sample, seededRandom, validateSampling, type SamplingOptions } from './sampling.js';
@@ -126,6 +128,13 @@ export class Engine {
     // A share of the run's own full-precision KV (what dense would hold), e.g. "10%".
     const pct = this.options.vramBudgetPercent;
     const budget = pct === null ? this.options.vramBudget : Math.floor((HostKvCache.bytesFor(shape) * pct) / 100);
+    if (B === 1 && this.options.residentStep) {
+      const run = ResidentRun.open({ model: this.#model, spec, given: this.options.knobs, budget, shape, capacity: totals[0], promptTokens: ids[0].length, pool: this.#pool });
+      if (run) {
+        yield* this.#runResident(run, ids[0], totals[0], maxNew, sampling, opts);
+        return;
+      }
+    }
     const kv = RunKv.open(spec, shape, c.numHeads / c.numKvHeads, totals, budget, this.options.knobs, { model: this.#model });
     this.#lastKnobs = kv.knobs;
     // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
@@ -163,8 +172,7 @@ export class Engine {
         for (const s of active) {
           const token = sample(s.logits, sampling, s.random);
           s.generated.push(token);
-          const full = this.#model.tokenizer?.decode(s.generated) ?? '';
-          const piece = full.startsWith(s.text) ? full.slice(s.text.length) : full;
+          const { full, piece } = this.#piece(s.generated, s.text);
           s.text = full;
           yield { seq: s.seq.index, token, text: piece, logits: s.logits };
           const eos = opts.stopAtEos !== false && c.eosTokenIds.includes(token);
@@ -206,6 +214,70 @@ export class Engine {
       kv.dispose();
       this.#stats.deviceBytes = 0;
       this.#stats.hostBytes = 0;
+    }
+  }
+
+  /** The text of the generated tokens so far, and the part of it past `before` (what the last token added). */
+  #piece(generated: number[], before: string): { full: string; piece: string } {
+    const full = this.#model.tokenizer?.decode(generated) ?? '';
+    return { full, piece: full.startsWith(before) ? full.slice(before.length) : full };
+  }
+
+  /**
+   * One prompt with prefill and every decode step on the device (resident-run.ts). The same token loop as #run:
+   * the token sampled at step i takes position pos and is fed back only if it fits; specache feeds its guess beside.
+   */
+  async *#runResident(run: ResidentRun, ids: Int32Array, total: number, maxNew: number, sampling: Required<SamplingOptions>, opts: GenerateOptions): AsyncGenerator<BatchToken> {
+    const c = this.#model.config;
+    const V = c.vocabSize;
+    const stats = this.#stats;
+    this.#lastKnobs = run.knobs;
+    stats.deviceBytes = run.deviceBytes;
+    stats.deviceBytesPeak = Math.max(stats.deviceBytesPeak, run.deviceBytes);
+    stats.hostBytes = run.hostBytes;
+    run.decoder.signal = opts.signal;
+    try {
+      let t0 = performance.now();
+      let logits = await run.decoder.prefill(ids, {
+        chunk: this.options.prefillChunk, dtype: this.options.kvDtype, signal: opts.signal,
+        onLayer: (done, layers) => opts.onPrefill?.(Math.round((ids.length * done) / layers), ids.length),
+      });
+      stats.deviceMs += performance.now() - t0;
+      stats.prefillTokens += ids.length;
+      const random = seededRandom(sampling.seed);
+      const generated: number[] = [];
+      let text = '';
+      let pos = ids.length;
+      let fedGuess: number | null = null;
+      let nextGuess: number | null = null;
+      for (;;) {
+        opts.signal?.throwIfAborted();
+        const token = sample(logits, sampling, random);
+        generated.push(token);
+        const { full, piece } = this.#piece(generated, text);
+        text = full;
+        yield { seq: 0, token, text: piece, logits };
+        if ((opts.stopAtEos !== false && c.eosTokenIds.includes(token)) || generated.length >= maxNew || pos >= total) break;
+        opts.signal?.throwIfAborted();
+        let guess: number | null = null;
+        if (run.attention.speculative) {
+          if (fedGuess !== null) stats[fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
+          fedGuess = guess = nextGuess ?? token;
+        }
+        t0 = performance.now();
+        const out = await run.step(token, guess, pos); // [rows, vocab]
+        stats.deviceMs += performance.now() - t0;
+        logits = out.subarray(0, V);
+        if (guess !== null) nextGuess = argmax(out.subarray(V, 2 * V));
+        pos += 1;
+        stats.decodeTokens += 1;
+      }
+    } finally {
+      const { copyMs, stallMs } = await run.close();
+      stats.copyMs += copyMs;
+      if (copyMs > 0) stats.overlapRatio = 1 - stallMs / copyMs;
+      stats.deviceBytes = 0;
+      stats.hostBytes = 0;
     }
   }
 

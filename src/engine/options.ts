@@ -23,10 +23,11 @@ export const EngineOptionsSchema = z
     blockSize: z.number().int().min(1).max(1024).default(16),
     kvDtype: z.enum(['f16', 'bf16']).default('bf16'),
     prefillChunk: z.number().int().min(1).max(65536).default(256),
+    residentStep: z.boolean().optional(), // default true; optional so a config file read back does not gain it
   })
   .catchall(z.unknown()); // the rest are the policy's knobs, checked against its own schema
 
-const BASE_KEYS = ['policy', 'vramBudget', 'cpuThreads', 'blockSize', 'kvDtype', 'prefillChunk'];
+const BASE_KEYS = ['policy', 'vramBudget', 'cpuThreads', 'blockSize', 'kvDtype', 'prefillChunk', 'residentStep'];
 
 export interface EngineOptions {
   policy?: string;
@@ -35,6 +36,11 @@ export interface EngineOptions {
   blockSize?: number;
   kvDtype?: 'f16' | 'bf16';
   prefillChunk?: number;
+  /**
+   * CUDA backend, one prompt, policy dense, specache, exact or cpu: run prefill and every decode step on the device
+   * (default true). false keeps the host-side path (attention per policy on the host, dense layers on the device).
+   */
+  residentStep?: boolean;
   /** Policy knobs (DESIGN.md §2), e.g. topK, bits, window; each policy lists its own. */
   [knob: string]: unknown;
 }
@@ -47,6 +53,7 @@ export interface ResolvedEngineOptions {
   blockSize: number;
   kvDtype: 'f16' | 'bf16';
   prefillChunk: number;
+  residentStep: boolean;
   knobs: Knobs; // only those given; the rest default, or are fitted to the budget per run
 }
 
@@ -99,5 +106,6 @@ export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
     blockSize: o.blockSize,
     kvDtype: o.kvDtype,
     prefillChunk: o.prefillChunk,
+    residentStep: o.residentStep ?? true,
   };
 }

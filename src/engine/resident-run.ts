@@ -1,0 +1,150 @@
+// The engine's device-resident run (CUDA backend, one sequence): prefill and every decode step on the GPU through
+// ResidentDecoder, with the policy's KV where the design puts it (dense: all on the device; specache: low-bit copy
+// and hot set on the device, full precision in pinned host memory; exact and cpu: host KV attended by the CPU
+// workers, sinks and window on the device for exact). Only token ids go down and logits come back per step.
+import type { CpuAttentionPool } from '../cpu-attention.js';
+import { CudaDenseLayers } from '../cuda/cuda-dense-layers.js';
+import {
+  DenseResident, ExactResident, SpecacheResident, denseKvBytes, exactDeviceBytes, specacheDeviceBytes,
+  type HostKv, type ResidentAttention, type SpecacheKnobs,
+} from '../cuda/resident-attention.js';
+import { ResidentDecoder } from '../cuda/resident-decoder.js';
+import { KvoffCapacityError } from '../errors.js';
+import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
+import type { Model } from '../model/model.js';
+import { native } from '../native.js';
+import { formatBytes } from '../units.js';
+import type { PolicyName } from './options.js';
+import type { Knobs, PolicySpec } from './policies.js';
+
+/** Policies whose whole step runs on the device; the others keep the engine's host-side path on CUDA too. */
+export const RESIDENT_POLICIES: readonly PolicyName[] = ['dense', 'specache', 'exact', 'cpu'];
+
+export interface ResidentRunRequest {
+  model: Model;
+  spec: PolicySpec;
+  given: Knobs; // the knobs the user set
+  budget: number; // device KV bytes; Infinity when uncapped
+  shape: HostKvShape; // the run's host cache (numBlocks covers capacity)
+  capacity: number; // tokens the sequence may reach (prompt + new tokens)
+  promptTokens: number;
+  pool: CpuAttentionPool;
+}
+
+/** A knob setting and what it costs on the device, or why the resident step cannot take it. */
+interface Candidate {
+  knobs: Knobs;
+  bytes: number;
+  build: (host: HostKv | null, stream: number, copyStream: number) => ResidentAttention;
+}
+
+function candidates(r: ResidentRunRequest): Candidate[] {
+  const c = r.model.config;
+  const s = (stream: number) => ({ config: c, capacity: r.capacity, dtype: r.shape.dtype, stream });
+  switch (r.spec.name) {
+    case 'dense':
+      return [{ knobs: {}, bytes: denseKvBytes(c, r.capacity), build: (_h, stream) => new DenseResident(s(stream)) }];
+    case 'cpu':
+      return [{ knobs: {}, bytes: exactDeviceBytes(c, { sinks: 0, window: 0 }), build: (h, stream) => new ExactResident(s(stream), { sinks: 0, window: 0 }, h!, r.pool) }];
+    case 'exact':
+      // The resident exact keeps only sinks and window on the device; everything else is attended by the CPU
+      // workers, so the low-bit knobs (topK, bits, keyGroupSize) have nothing to size.
+      return r.spec.candidates(r.given).slice(0, 1).map((k) => {
+        const hot = { sinks: k.sinks, window: k.window };
+        return { knobs: hot, bytes: exactDeviceBytes(c, hot), build: (h, stream) => new ExactResident(s(stream), hot, h!, r.pool) };
+      });
+    case 'specache':
+      return r.spec.candidates(r.given).flatMap((k) => {
+        const knobs: SpecacheKnobs = { topK: k.topK, sinks: k.sinks, window: k.window, bits: k.bits as 1 | 2 | 4, keyGroupSize: k.keyGroupSize as 32 | 64 };
+        // The device kernels need a window of whole key groups and a context the top-k can pick from.
+        if (knobs.window % knobs.keyGroupSize !== 0 || r.promptTokens < knobs.sinks + knobs.window + knobs.topK) return [];
+        return [{ knobs: { ...knobs }, bytes: specacheDeviceBytes(c, r.capacity, knobs), build: (h, stream, copy) => new SpecacheResident(s(stream), knobs, h!, copy) }];
+      });
+    default:
+      return [];
+  }
+}
+
+export class ResidentRun {
+  readonly decoder: ResidentDecoder;
+  readonly #cache: HostKvCache | null;
+  readonly #streams: number[];
+  #live = true;
+
+  private constructor(
+    readonly knobs: Knobs,
+    readonly attention: ResidentAttention,
+    cache: HostKvCache | null,
+    decoder: ResidentDecoder,
+    streams: number[],
+  ) {
+    this.#cache = cache;
+    this.decoder = decoder;
+    this.#streams = streams;
+  }
+
+  /**
+   * The resident run for this request, or null when the device step does not cover it (another backend or policy,
+   * or knobs its kernels refuse): the engine then takes its host-side path. A budget too small fails here, as the
+   * host-side plan would, naming the smallest that works.
+   */
+  static open(r: ResidentRunRequest): ResidentRun | null {
+    if (r.model.backend !== 'cuda' || !(r.model.dense instanceof CudaDenseLayers) || !RESIDENT_POLICIES.includes(r.spec.name)) return null;
+    const list = candidates(r);
+    if (list.length === 0) return null;
+    const chosen = list.find((k) => k.bytes <= r.budget);
+    if (!chosen) {
+      const needed = Math.min(...list.map((k) => k.bytes));
+      throw new KvoffCapacityError('bytes of KV device tier', needed, r.budget,
+        `policy ${r.spec.name} needs at least ${needed} bytes (${formatBytes(needed)}) on the device for ${r.capacity} tokens; given ${r.budget} bytes (${formatBytes(r.budget)})`);
+    }
+    const streams = [native().cudaStreamCreate({ highPriority: true }), native().cudaStreamCreate()];
+    let cache: HostKvCache | null = null;
+    let attention: ResidentAttention | null = null;
+    try {
+      // One sequence owns every block, in order; the device and the CPU workers read them through this table.
+      cache = r.spec.kvHome === 'host' ? new HostKvCache(r.shape, { pin: true }) : null;
+      const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: Int32Array.from({ length: r.shape.numBlocks }, (_, i) => i) };
+      attention = chosen.build(host, streams[0], streams[1]);
+      const decoder = new ResidentDecoder(r.model.config, r.model.dense.weights, attention, streams[0]);
+      return new ResidentRun(chosen.knobs, attention, cache, decoder, streams);
+    } catch (err) {
+      attention?.dispose();
+      cache?.dispose();
+      for (const s of streams) native().cudaStreamDestroy({ stream: s });
+      throw err;
+    }
+  }
+
+  get deviceBytes(): number {
+    return this.attention.deviceBytes;
+  }
+  get hostBytes(): number {
+    return this.#cache?.bytes ?? 0;
+  }
+
+  /** Logits [rows, vocab] of one step: the token at pos, and the speculative guess at pos + 1 when the policy wants one. */
+  async step(token: number, guess: number | null, pos: number): Promise<Float32Array> {
+    const rows = guess === null ? 1 : 2;
+    await this.decoder.step(rows === 1 ? Int32Array.of(token) : Int32Array.of(token, guess!), pos);
+    return this.decoder.logits(rows);
+  }
+
+  /**
+   * Waits for the device, then frees the run's device and host memory and its streams. Resolves with the copy time
+   * of specache's prefetches and the part of it the steps waited for (ms; zeros for the other policies).
+   */
+  async close(): Promise<{ copyMs: number; stallMs: number }> {
+    if (!this.#live) return { copyMs: 0, stallMs: 0 };
+    this.#live = false;
+    let synced = true;
+    for (const s of this.#streams) await native().cudaStreamSynchronize({ stream: s }).catch(() => (synced = false));
+    // Timing events can be read only once complete: after a failed step they are only freed.
+    const copy = synced && this.attention instanceof SpecacheResident ? this.attention.drainCopyMs() : { copyMs: 0, stallMs: 0 };
+    this.decoder.dispose();
+    this.attention.dispose();
+    this.#cache?.dispose();
+    for (const s of this.#streams) native().cudaStreamDestroy({ stream: s });
+    return copy;
+  }
+}
