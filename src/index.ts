@@ -7,7 +7,8 @@ export * from './errors.js';
 export { parseBytes, formatBytes } from './units.js';
 // The device-resident CUDA decode step (whole step on the GPU, only token ids cross), for decode-speed work at long
 // context: see README "CUDA backend" and bench/cuda-decode.ts.
-export { ResidentDecoder, randomDeviceWeights } from './cuda/resident-decoder.js';
+export { ResidentDecoder } from './cuda/resident-decoder.js';
+export { randomDeviceWeights } from './cuda/cuda-weights.js';
 export { DenseResident, SpecacheResident, ExactResident, type HostKv, type SpecacheKnobs } from './cuda/resident-attention.js';
 export { uploadWeights } from './cuda/cuda-weights.js';
 export { copyToHost } from './cuda/resident-context.js';

@@ -11,7 +11,8 @@ import { machineLine, runsTable } from '../bench/table.js';
 import { EngineOptionsSchema, POLICIES, type EngineOptions, type PolicyName } from '../engine/options.js';
 import { KvoffArgumentError } from '../errors.js';
 import { resolveBudget } from '../eval/run-eval.js';
-import { loadModel, type BackendName, type Model } from '../model/model.js';
+import { Model, loadModel, resolveBackend, type BackendName } from '../model/model.js';
+import { cudaProbe } from '../bench/cuda-probe.js';
 import { parseModelConfig } from '../model/config.js';
 import { writeRandomModel } from '../model/random-model.js';
 import { shapeConfig } from '../model/shapes.js';
@@ -143,12 +144,21 @@ export async function runBench(f: BenchFlags): Promise<void> {
   process.once('SIGINT', onSigint);
   let model: Model | null = null;
   try {
-    if (f.shape !== undefined) shapeDir = await writeShape(f.shape, p, f.steps, progress);
-    model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
+    // On CUDA a --shape's random weights are made on the GPU (an 8B model would take minutes to write and read back),
+    // except for infinigen, whose calibration reads the weight files.
+    if (f.shape !== undefined && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
+      const config = parseModelConfig(shapeConfig(f.shape), `--shape ${f.shape}`);
+      checkContexts(config, p.contexts, f.steps);
+      progress.update(`random ${f.shape} weights on the GPU`, 0, 1);
+      model = await Model.randomOnDevice(config, 1);
+    } else {
+      if (f.shape !== undefined) shapeDir = await writeShape(f.shape, p, f.steps, progress);
+      model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
+    }
     // The weight files stay until the end: infinigen's calibration reads the model directory again.
     checkContexts(model.config, p.contexts, f.steps);
     progress.update('measuring host memory bandwidth', 0, 1);
-    const machine: Machine = await measureMachine(model.backend);
+    const machine: Machine = await measureMachine(model.backend, model.backend === 'cuda' ? cudaProbe : undefined);
     const cases: BenchCase[] = [];
     for (const context of p.contexts)
       for (const budget of p.budgets) for (const batch of p.batches) for (const policy of p.policies) cases.push({ policy, context, batch, budget });

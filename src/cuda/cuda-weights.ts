@@ -77,3 +77,23 @@ export function uploadWeights(c: ModelConfig, weights: WeightMap, onLayer?: (don
     throw err;
   }
 }
+
+/**
+ * Random bf16 weights made on the device (no host traffic: an 8B model is 16 GB), uniform in +-sqrt(3 / fan_in) so
+ * every projection keeps unit variance; norms are ones.
+ */
+export function randomDeviceWeights(c: ModelConfig, seed: number, stream = 0): DeviceArena {
+  const arena = DeviceArena.create(weightLayout(c));
+  const ones = new Uint16Array(c.hiddenSize).fill(0x3f80); // bf16 1.0
+  let i = 0;
+  for (const [name, { bytes }] of arena.layout) {
+    const dst = arena.ref(name);
+    if (name.endsWith('Norm') || name === 'norm') {
+      native().cudaUpload({ dst, data: ones, stream });
+      continue;
+    }
+    const fanIn = name === 'embed' ? 3 : name.endsWith('.down') ? c.intermediateSize : name.endsWith('.o') ? c.numHeads * c.headDim : c.hiddenSize;
+    native().cudaFillRandom({ dst, count: bytes / 2, dtype: 'bf16', seed: seed * 1000 + i++, scale: Math.sqrt(3 / fanIn), stream });
+  }
+  return arena;
+}

@@ -4,32 +4,11 @@ import { performance } from 'node:perf_hooks';
 import { ropeInvFreq, ropeTables } from '../model/rope.js';
 import type { ModelConfig } from '../model/types.js';
 import { native, type DevRef } from '../native.js';
-import { weightLayout } from './cuda-weights.js';
 import { DeviceArena } from './device-arena.js';
 import { GraphCache } from './graph-cache.js';
 import { LayerKernels, activationLayout } from './layer-kernels.js';
 import type { ResidentAttention } from './resident-attention.js';
 import { prefillResident, type ResidentPrefillOptions } from './resident-prefill.js';
-
-/**
- * Random bf16 weights made on the device (no host traffic: an 8B model is 16 GB), uniform in +-sqrt(3 / fan_in) so
- * every projection keeps unit variance; norms are ones.
- */
-export function randomDeviceWeights(c: ModelConfig, seed: number, stream = 0): DeviceArena {
-  const arena = DeviceArena.create(weightLayout(c));
-  const ones = new Uint16Array(c.hiddenSize).fill(0x3f80); // bf16 1.0
-  let i = 0;
-  for (const [name, { bytes }] of arena.layout) {
-    const dst = arena.ref(name);
-    if (name.endsWith('Norm') || name === 'norm') {
-      native().cudaUpload({ dst, data: ones, stream });
-      continue;
-    }
-    const fanIn = name === 'embed' ? 3 : name.endsWith('.down') ? c.intermediateSize : name.endsWith('.o') ? c.numHeads * c.headDim : c.hiddenSize;
-    native().cudaFillRandom({ dst, count: bytes / 2, dtype: 'bf16', seed: seed * 1000 + i++, scale: Math.sqrt(3 / fanIn), stream });
-  }
-  return arena;
-}
 
 /** GPU time per phase, from timing events recorded on the compute stream between phases (profiling only). */
 export class PhaseProfile {

@@ -7,7 +7,7 @@ import { native } from '../native.js';
 import { loadModelDir } from './load-dir.js';
 import { buildFinalGraph, buildPostAttentionGraph, buildPreAttentionGraph, pickFinalWeights, pickLayerWeights } from './onnx/builder.js';
 import { CudaDenseLayers } from '../cuda/cuda-dense-layers.js';
-import { uploadWeights } from '../cuda/cuda-weights.js';
+import { randomDeviceWeights, uploadWeights } from '../cuda/cuda-weights.js';
 import { ortDenseLayers, type DenseLayers } from './dense-layers.js';
 import { createRunner, graphNames, type DenseRunner } from './onnx/session.js';
 import { ropeInvFreq } from './rope.js';
@@ -115,6 +115,28 @@ export class Model {
       return new Model(loaded.dir, config, tokenizer, backend, embed, ropeInvFreq(config), weightBytes, ortDenseLayers(runner, config), runner);
     } catch (err) {
       await runner.dispose();
+      throw err;
+    }
+  }
+
+  /**
+   * A model of `config` with random bf16 weights made on the GPU, for benches of large shapes: nothing goes through
+   * disk or host memory but the embedding table, which the host-side path reads (widened to f32).
+   */
+  static async randomOnDevice(config: ModelConfig, seed = 1): Promise<Model> {
+    resolveBackend('cuda'); // throws, saying why, without a usable GPU
+    if (config.attentionBias) throw new KvoffBackendError('cuda', `${config.architecture}'s q/k/v biases are not supported on the CUDA backend yet`);
+    const weights = randomDeviceWeights(config, seed);
+    try {
+      const { vocabSize: V, hiddenSize: H } = config;
+      const b = await native().cudaDownload({ src: weights.ref('embed'), bytes: V * H * 2, stream: 0 });
+      const bits = new Uint16Array(b.buffer, b.byteOffset, V * H);
+      const embed = new Float32Array(V * H); // [vocab, hidden]
+      const wide = new Uint32Array(embed.buffer); // bf16 is the top half of an f32: widening is a shift
+      for (let i = 0; i < wide.length; i++) wide[i] = bits[i] << 16;
+      return new Model('', config, null, 'cuda', embed, ropeInvFreq(config), weights.bytes, new CudaDenseLayers(config, weights), null);
+    } catch (err) {
+      weights.free();
       throw err;
     }
   }
