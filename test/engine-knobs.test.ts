@@ -23,6 +23,7 @@ describe('policy knobs', () => {
     [{ policy: 'tiered', window: 0 }, /window/],
     [{ policy: 'lru' }, /one of "dense", "cpu".* for engine options.policy but received "lru"/s],
     [{ policy: 'specache', window: 16 }, /at least keyGroupSize \(32\) for engine options.window but received 16/],
+    [{ policy: 'dense', residentStep: 'yes' }, /expected boolean.*engine options.residentStep but received "yes"/s],
   ])('%j is refused with the valid choices', async (opts, message) => {
     const err = await createEngine(demo, opts as never).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KvoffArgumentError);

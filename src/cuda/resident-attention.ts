@@ -15,6 +15,7 @@ import { native, type DevRef, type KvRegion } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { qkvWidth } from './layer-kernels.js';
 import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
+import { attendCpuPicks, type CpuPicksRequest } from './tiered-cpu-part.js';
 
 /** The host-resident full-precision KV: one pinned arena, paged as kvoff's host cache lays it out, one sequence. */
 export interface HostKv {
@@ -126,6 +127,7 @@ export class DenseResident implements ResidentAttention {
 
 export interface SpecacheKnobs {
   topK: number;
+  cpuK?: number; // tiered: the next cpuK tokens by score are attended exactly by the CPU workers (default 0: specache)
   sinks: number;
   window: number; // a multiple of keyGroupSize: a completed key group is contiguous in the window ring
   bits: 1 | 2 | 4;
@@ -151,7 +153,7 @@ function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): Dev
   for (let l = 0; l < c.numLayers; l++) {
     layout.add(`lowBit${l}`, lb.layerBytes);
     layout.add(`hot${l}`, kvRegionBytes(c, hotCapacity(k))); // [Hkv, hotCap, 2, D]
-    layout.add(`picks${l}`, c.numKvHeads * k.topK * 4); // int32 [Hkv, topK]
+    layout.add(`picks${l}`, c.numKvHeads * (k.topK + (k.cpuK ?? 0)) * 4); // int32 [Hkv, topK + cpuK], best first
     layout.add(`mask${l}`, c.numKvHeads * capacity); // u8 [Hkv, capacity]: 1 = a pick, attended in full precision
   }
   return layout
@@ -164,8 +166,14 @@ function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): Dev
     .add('tailScratch', cudaKiviAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxTokens: capacity, rows: 2 }));
 }
 
+/**
+ * specache, and tiered with cpuK > 0. tiered selects with the step's own query (no speculative row): the best topK
+ * go to the device hot set, the next cpuK to the CPU workers (exact, over the host KV), the rest to the low-bit tail.
+ */
 export class SpecacheResident implements ResidentAttention {
-  readonly speculative = true;
+  readonly speculative: boolean;
+  readonly #cpuK: number;
+  #ranked = 0; // picks per head of the last selection (the row stride of picks): topK, or for tiered up to topK + cpuK
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
   readonly #counts: [Int32Array, Int32Array]; // hot rows each row attends, per KV head: the speculative row also sees its own slot
@@ -180,8 +188,12 @@ export class SpecacheResident implements ResidentAttention {
     readonly k: SpecacheKnobs,
     readonly host: HostKv,
     readonly copyStream: number,
+    readonly pool: CpuAttentionPool | null = null, // tiered's CPU part
   ) {
     const c = s.config;
+    this.#cpuK = k.cpuK ?? 0;
+    this.speculative = this.#cpuK === 0;
+    if (this.#cpuK > 0 && !pool) throw new KvoffArgumentError('tiered pool', 'a CpuAttentionPool for the CPU part (cpuK > 0)', pool);
     if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
     this.#counts = [new Int32Array(c.numKvHeads).fill(this.#hotCap - 1), new Int32Array(c.numKvHeads).fill(this.#hotCap)];
@@ -218,19 +230,23 @@ export class SpecacheResident implements ResidentAttention {
   select(layer: number, q: DevRef, n: number): void {
     const { config: c, stream, capacity } = this.s;
     const { sinks, window, topK, keyGroupSize } = this.k;
-    const on = this.prefetch === 'serial' ? stream : this.copyStream;
-    // The top-k ranks the quantized tokens between the sinks and the window; there must be at least topK of them.
-    if (n - window - sinks < topK) throw new KvoffArgumentError('specache context', `at least sinks + window + topK = ${sinks + window + topK} tokens`, n);
+    // tiered's picks serve this very step: they are made on the compute stream.
+    const on = this.prefetch === 'serial' || this.#cpuK > 0 ? stream : this.copyStream;
+    // The top-k ranks the quantized tokens between the sinks and the window: at least topK of them must be there
+    // for the device hot set; tiered's CPU takes the next cpuK, or all the rest when there are fewer.
+    if (n - window - sinks < topK) throw new KvoffArgumentError(this.#cpuK > 0 ? 'tiered context' : 'specache context', `at least sinks + window + topK = ${sinks + window + topK} tokens`, n);
+    const ranked = Math.min(topK + this.#cpuK, n - window - sinks);
+    this.#ranked = ranked;
     const qAside = this.ref('selectQ', layer * c.numHeads * c.headDim * 4); // per layer: the copy stream may lag a few layers
     native().cudaCopyD2D({ src: q, dst: qAside, bytes: c.numHeads * c.headDim * 4, stream });
     if (on !== stream) waitFor(on, stream); // after this layer's tail has read the old mask, and q is aside
     native().cudaKiviScores({ ...this.#lowBit(layer), stream: on, groupSize: c.numHeads / c.numKvHeads, q: qAside, numGroups: Math.floor(n / keyGroupSize), out: this.ref('scores'), ldOut: capacity });
-    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: capacity, first: sinks, n: n - window - sinks, k: topK, out: this.ref(`picks${layer}`), mask: this.ref(`mask${layer}`), stream: on });
+    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: capacity, first: sinks, n: n - window - sinks, k: ranked, out: this.ref(`picks${layer}`), mask: this.ref(`mask${layer}`), stream: on });
     if (this.prefetch !== 'none') {
       const t0 = native().cudaEventRecord({ stream: on, timing: true });
       native().cudaKvGatherDevice({
         ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
-        n: topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
+        ldPositions: ranked, n: topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
       });
       this.copyEvents.push([t0, native().cudaEventRecord({ stream: on, timing: true })]);
     }
@@ -251,7 +267,7 @@ export class SpecacheResident implements ResidentAttention {
     const groups = Math.floor(staged.n / keyGroupSize) * keyGroupSize;
     this.quantize(layer, staged.kv(0), staged.capacity, 0, 0, groups);
     fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, sinks, window, this.s.stream);
-    if (lastQ) this.select(layer, lastQ, staged.n);
+    if (lastQ && this.speculative) this.select(layer, lastQ, staged.n); // tiered selects within each step
   }
 
   /**
@@ -274,7 +290,7 @@ export class SpecacheResident implements ResidentAttention {
     for (let l = 0; l < c.numLayers; l++) this.select(l, this.ref('oPart'), n);
   }
 
-  attend(layer: number, a: DeviceArena, step: StepRows): void {
+  attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> | void {
     const { config: c, dtype, stream } = this.s;
     const { sinks, window, keyGroupSize } = this.k;
     const G = c.numHeads / c.numKvHeads;
@@ -289,6 +305,7 @@ export class SpecacheResident implements ResidentAttention {
     if (n % keyGroupSize === 0) this.quantize(layer, hot, this.#hotCap, sinks + ((n - keyGroupSize) % window), n - keyGroupSize, keyGroupSize);
     step.mark?.('store');
     if (layer === 0 && this.#fetched !== 0) this.#awaitFetch(); // the previous step's selections and fetches, all layers
+    if (this.#cpuK > 0) this.select(layer, real.q, n); // tiered: this step's own picks, fetched before they are attended
     const scratch = { scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch') };
     const tail = { scratch: this.ref('tailScratch'), scratchBytes: this.#arena.bytesOf('tailScratch') };
     const out = (row: number) => a.ref('attn', row * c.numHeads * c.headDim * 4);
@@ -310,9 +327,20 @@ export class SpecacheResident implements ResidentAttention {
     const merged = step.rows * c.numHeads;
     native().cudaLseMerge({ rows: merged, headDim: c.headDim, oA: out(0), lseA: lse(0), oB: this.ref('oTail'), lseB: this.ref('lseTail'), out: out(0), lseOut: lse(0), stream });
     step.mark?.('low-bit tail');
+    if (this.#cpuK > 0) return attendCpuPicks(this.#cpuPart(layer, a, n, step));
     // The speculative row (the real one when there is none) picks the next step's top-k and starts its fetch.
     this.select(layer, qkvRefs(c, a, step.rows - 1).q, n);
     step.mark?.('select');
+  }
+
+  /** What tiered's CPU part of a layer needs: picks ranked topK .. topK + cpuK - 1 of each head, attended over the host KV. */
+  #cpuPart(layer: number, a: DeviceArena, n: number, step: StepRows): CpuPicksRequest {
+    const c = this.s.config;
+    return {
+      config: c, stream: this.s.stream, pool: this.pool!, region: this.host.region(layer), blockIds: this.host.blockIds, n, scale: scaleOf(c),
+      picks: this.ref(`picks${layer}`), ranked: this.#ranked, skip: this.k.topK, q: qkvRefs(c, a, 0).q,
+      out: a.ref('attn'), lse: this.ref('lse'), oPart: this.ref('oPart'), lsePart: this.ref('lsePart'), signal: step.signal,
+    };
   }
 
   /**

@@ -137,14 +137,8 @@ export class Engine {
     }
     const kv = RunKv.open(spec, shape, c.numHeads / c.numKvHeads, totals, budget, this.options.knobs, { model: this.#model });
     this.#lastKnobs = kv.knobs;
-    // One listener per in-flight attention shard would trip Node's MaxListeners warning on the caller's
-    // signal; an internal controller, following the caller's, carries them all.
-    const inner = new AbortController();
-    setMaxListeners(0, inner.signal);
-    const follow = () => inner.abort(opts.signal?.reason);
-    if (opts.signal?.aborted) follow();
-    opts.signal?.addEventListener('abort', follow, { once: true });
-    const ctx: ForwardContext = { model: this.#model, kv, pool: this.#pool, stats: this.#stats, signal: inner.signal };
+    const { signal, release } = followSignal(opts.signal);
+    const ctx: ForwardContext = { model: this.#model, kv, pool: this.#pool, stats: this.#stats, signal };
     this.#stats.deviceBytes = kv.deviceBytes;
     this.#stats.deviceBytesPeak = Math.max(this.#stats.deviceBytesPeak, kv.deviceBytes);
     this.#stats.hostBytes = kv.hostBytes;
@@ -209,7 +203,7 @@ export class Engine {
         this.#stats.decodeTokens += active.length;
       }
     } finally {
-      opts.signal?.removeEventListener('abort', follow);
+      release();
       await kv.settle();
       kv.dispose();
       this.#stats.deviceBytes = 0;
@@ -235,11 +229,12 @@ export class Engine {
     stats.deviceBytes = run.deviceBytes;
     stats.deviceBytesPeak = Math.max(stats.deviceBytesPeak, run.deviceBytes);
     stats.hostBytes = run.hostBytes;
-    run.decoder.signal = opts.signal;
+    const { signal, release } = followSignal(opts.signal);
+    run.decoder.signal = signal;
     try {
       let t0 = performance.now();
       let logits = await run.decoder.prefill(ids, {
-        chunk: this.options.prefillChunk, dtype: this.options.kvDtype, signal: opts.signal,
+        chunk: this.options.residentPrefillChunk, dtype: this.options.kvDtype, signal,
         onLayer: (done, layers) => opts.onPrefill?.(Math.round((ids.length * done) / layers), ids.length),
       });
       stats.deviceMs += performance.now() - t0;
@@ -271,8 +266,11 @@ export class Engine {
         if (guess !== null) nextGuess = argmax(out.subarray(V, 2 * V));
         pos += 1;
         stats.decodeTokens += 1;
+        stats.bytesH2D += run.stepBytes.h2d;
+        stats.bytesD2H += run.stepBytes.d2h;
       }
     } finally {
+      release();
       const { copyMs, stallMs } = await run.close();
       stats.copyMs += copyMs;
       if (copyMs > 0) stats.overlapRatio = 1 - stallMs / copyMs;
@@ -305,6 +303,19 @@ export class Engine {
   #check(): void {
     if (!this.#live) throw new KvoffDisposedError('Engine');
   }
+}
+
+/**
+ * An internal signal following the caller's: one listener per in-flight attention shard would trip Node's
+ * MaxListeners warning on the caller's signal, so this one carries them all.
+ */
+function followSignal(outer: AbortSignal | undefined): { signal: AbortSignal; release: () => void } {
+  const inner = new AbortController();
+  setMaxListeners(0, inner.signal);
+  const follow = () => inner.abort(outer?.reason);
+  if (outer?.aborted) follow();
+  outer?.addEventListener('abort', follow, { once: true });
+  return { signal: inner.signal, release: () => outer?.removeEventListener('abort', follow) };
 }
 
 export async function createEngine(model: Model, options: EngineOptions = {}): Promise<Engine> {

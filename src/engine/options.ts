@@ -35,9 +35,9 @@ export interface EngineOptions {
   cpuThreads?: number;
   blockSize?: number;
   kvDtype?: 'f16' | 'bf16';
-  prefillChunk?: number;
+  prefillChunk?: number; // prompt tokens per prefill pass: default 256, or 2048 on the device-resident step
   /**
-   * CUDA backend, one prompt, policy dense, specache, exact or cpu: run prefill and every decode step on the device
+   * CUDA backend, one prompt, policy dense, specache, tiered, exact or cpu: run prefill and every decode step on the device
    * (default true). false keeps the host-side path (attention per policy on the host, dense layers on the device).
    */
   residentStep?: boolean;
@@ -53,6 +53,7 @@ export interface ResolvedEngineOptions {
   blockSize: number;
   kvDtype: 'f16' | 'bf16';
   prefillChunk: number;
+  residentPrefillChunk: number; // the device-resident prefill's: prefillChunk when given, else 2048 (fills the GPU)
   residentStep: boolean;
   knobs: Knobs; // only those given; the rest default, or are fitted to the budget per run
 }
@@ -106,6 +107,7 @@ export function resolveEngineOptions(input: unknown): ResolvedEngineOptions {
     blockSize: o.blockSize,
     kvDtype: o.kvDtype,
     prefillChunk: o.prefillChunk,
+    residentPrefillChunk: (input as { prefillChunk?: number } | undefined)?.prefillChunk === undefined ? 2048 : o.prefillChunk,
     residentStep: o.residentStep ?? true,
   };
 }

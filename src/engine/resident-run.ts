@@ -1,7 +1,8 @@
 // The engine's device-resident run (CUDA backend, one sequence): prefill and every decode step on the GPU through
 // ResidentDecoder, with the policy's KV where the design puts it (dense: all on the device; specache: low-bit copy
-// and hot set on the device, full precision in pinned host memory; exact and cpu: host KV attended by the CPU
-// workers, sinks and window on the device for exact). Only token ids go down and logits come back per step.
+// and hot set on the device, full precision in pinned host memory; tiered: specache's device part selected by the
+// step's own query, plus the next cpuK tokens attended by the CPU workers; exact and cpu: host KV attended by the
+// CPU workers, sinks and window on the device for exact). Only token ids go down and logits come back per step.
 import type { CpuAttentionPool } from '../cpu-attention.js';
 import { CudaDenseLayers } from '../cuda/cuda-dense-layers.js';
 import {
@@ -18,7 +19,7 @@ import type { PolicyName } from './options.js';
 import type { Knobs, PolicySpec } from './policies.js';
 
 /** Policies whose whole step runs on the device; the others keep the engine's host-side path on CUDA too. */
-export const RESIDENT_POLICIES: readonly PolicyName[] = ['dense', 'specache', 'exact', 'cpu'];
+export const RESIDENT_POLICIES: readonly PolicyName[] = ['dense', 'specache', 'tiered', 'exact', 'cpu'];
 
 export interface ResidentRunRequest {
   model: Model;
@@ -54,11 +55,19 @@ function candidates(r: ResidentRunRequest): Candidate[] {
         return { knobs: hot, bytes: exactDeviceBytes(c, hot), build: (h, stream) => new ExactResident(s(stream), hot, h!, r.pool) };
       });
     case 'specache':
+    case 'tiered':
       return r.spec.candidates(r.given).flatMap((k) => {
-        const knobs: SpecacheKnobs = { topK: k.topK, sinks: k.sinks, window: k.window, bits: k.bits as 1 | 2 | 4, keyGroupSize: k.keyGroupSize as 32 | 64 };
+        const cpuK = r.spec.name === 'tiered' ? k.cpuK : 0;
+        const knobs: SpecacheKnobs = { topK: k.topK, sinks: k.sinks, window: k.window, bits: k.bits as 1 | 2 | 4, keyGroupSize: k.keyGroupSize as 32 | 64, cpuK };
         // The device kernels need a window of whole key groups and a context the top-k can pick from.
-        if (knobs.window % knobs.keyGroupSize !== 0 || r.promptTokens < knobs.sinks + knobs.window + knobs.topK) return [];
-        return [{ knobs: { ...knobs }, bytes: specacheDeviceBytes(c, r.capacity, knobs), build: (h, stream, copy) => new SpecacheResident(s(stream), knobs, h!, copy) }];
+        // (tiered with cpuK 0 would be specache without its speculative row, and the device top-k ranks at most 4096:
+        // the host-side path runs those.)
+        if (knobs.window % knobs.keyGroupSize !== 0 || r.promptTokens < knobs.sinks + knobs.window + knobs.topK || (r.spec.name === 'tiered' && (cpuK === 0 || knobs.topK + cpuK > 4096))) return [];
+        const { cpuK: _, ...common } = knobs;
+        return [{
+          knobs: r.spec.name === 'tiered' ? { ...knobs } : common, bytes: specacheDeviceBytes(c, r.capacity, knobs),
+          build: (h, stream, copy) => new SpecacheResident(s(stream), knobs, h!, copy, cpuK > 0 ? r.pool : null),
+        }];
       });
     default:
       return [];
@@ -119,6 +128,26 @@ export class ResidentRun {
   get deviceBytes(): number {
     return this.attention.deviceBytes;
   }
+
+  /** PCIe bytes of one decode step each way (counted, not timed): fetched hot rows, q down and (o, lse) up per layer. */
+  get stepBytes(): { h2d: number; d2h: number } {
+    const c = this.decoder.config;
+    const k = this.knobs;
+    const perLayer = { h2d: 0, d2h: 0 };
+    const rowBytes = 4 * c.headDim; // K and V of one token-head, 16-bit
+    const q = c.numHeads * c.headDim * 4;
+    if (this.attention instanceof SpecacheResident) {
+      perLayer.h2d += c.numKvHeads * k.topK * rowBytes;
+      if ((k.cpuK ?? 0) > 0) {
+        perLayer.d2h += q + c.numKvHeads * (k.topK + k.cpuK) * 4;
+        perLayer.h2d += q + c.numHeads * 4;
+      }
+    } else if (this.attention instanceof ExactResident) {
+      perLayer.d2h += q;
+      perLayer.h2d += q + (this.attention.hotCap > 0 ? c.numHeads * 4 : 0);
+    }
+    return { h2d: perLayer.h2d * c.numLayers, d2h: perLayer.d2h * c.numLayers };
+  }
   get hostBytes(): number {
     return this.#cache?.bytes ?? 0;
   }
@@ -141,6 +170,7 @@ export class ResidentRun {
     for (const s of this.#streams) await native().cudaStreamSynchronize({ stream: s }).catch(() => (synced = false));
     // Timing events can be read only once complete: after a failed step they are only freed.
     const copy = synced && this.attention instanceof SpecacheResident ? this.attention.drainCopyMs() : { copyMs: 0, stallMs: 0 };
+    if (!this.attention.speculative) copy.stallMs = copy.copyMs; // tiered fetches what the step itself attends: never hidden
     this.decoder.dispose();
     this.attention.dispose();
     this.#cache?.dispose();

@@ -35,8 +35,8 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function run(model: Model, policy: string, prompt: number[], maxNewTokens = 5, residentStep = true) {
-  const engine = await createEngine(model, { policy, blockSize: 16, prefillChunk: 40, cpuThreads: 2, residentStep });
+async function run(model: Model, policy: string, prompt: number[], maxNewTokens = 5, residentStep = true, knobs: Record<string, number> = {}) {
+  const engine = await createEngine(model, { policy, blockSize: 16, prefillChunk: 40, cpuThreads: 2, residentStep, ...knobs });
   try {
     const steps: { token: number; logits: Float32Array }[] = [];
     for await (const t of engine.generate(prompt, { maxNewTokens, stopAtEos: false })) steps.push({ token: t.token, logits: t.logits });
@@ -70,8 +70,11 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
 
   it('the engine on the device-resident step: cpu and exact equal dense, and dense equals the host-side path', async () => {
     const dense = await run(models.cuda, 'dense', prompt, 8);
-    for (const policy of ['cpu', 'exact']) {
-      const r = await run(models.cuda, policy, prompt, 8);
+    // tiered with a CPU tier larger than the tokens between sinks and window attends every token exactly:
+    // the device hot set (top 32), the CPU workers (the rest by score), nothing left to the low-bit tail.
+    const lossless: Array<[string, Record<string, number>]> = [['cpu', {}], ['exact', {}], ['tiered', { topK: 32, cpuK: 1000 }]];
+    for (const [policy, knobs] of lossless) {
+      const r = await run(models.cuda, policy, prompt, 8, true, knobs);
       expect(r.map((s) => s.token), policy).toEqual(dense.map((s) => s.token));
       for (let i = 0; i < r.length; i++) expect(errOverRange(r[i].logits, dense[i].logits), `${policy} step ${i}`).toBeLessThanOrEqual(1e-5);
     }
@@ -99,6 +102,25 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
       expect(st.overlapRatio).toBeGreaterThanOrEqual(0);
       expect(st.overlapRatio).toBeLessThanOrEqual(1);
       expect(engine.lastKnobs).toMatchObject({ bits: 2, topK: 32, window: 64, sinks: 4 });
+    } finally {
+      await engine.dispose();
+    }
+  }, 120_000);
+
+  it('the engine on the resident tiered step: device top-k, CPU next-k and a low-bit tail, counted in the stats', async () => {
+    const dense = await run(models.cuda, 'dense', prompt, 6);
+    const engine = await createEngine(models.cuda, { policy: 'tiered', blockSize: 16, prefillChunk: 40, cpuThreads: 2, bits: 2, topK: 32, cpuK: 64, window: 64, sinks: 4 });
+    try {
+      const steps: Float32Array[] = [];
+      for await (const t of engine.generate(prompt, { maxNewTokens: 6, stopAtEos: false })) steps.push(t.logits);
+      expect(errOverRange(steps[0], dense[0].logits)).toBeLessThanOrEqual(1e-5); // the exact prefill
+      for (const l of steps) expect(l.every(Number.isFinite)).toBe(true);
+      const st = engine.stats();
+      expect(st.specUsed + st.specWasted).toBe(0); // tiered feeds no speculative token
+      const c2 = models.cuda.config;
+    const perStep = c2.numLayers * (c2.numKvHeads * 32 * 4 * c2.headDim + c2.numHeads * c2.headDim * 4 + c2.numHeads * 4);
+      expect(st.bytesH2D).toBe(5 * perStep);
+      expect(st.overlapRatio).toBe(0); // its fetch serves the step itself: never hidden
     } finally {
       await engine.dispose();
     }
