@@ -6,6 +6,7 @@
 //             top-k, which the copy stream selects and fetches (zero-copy gather) while the rest of this step computes;
 //   exact:    sinks and window on the device, every other token attended exactly by the CPU workers over the host
 //             KV, merged by LSE: only q goes down and (o, lse) comes back per layer.
+import { HostArena } from '../arena.js';
 import type { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError } from '../errors.js';
 import { cudaAttendScratchBytes } from '../kernels/device-attention-ref.js';
@@ -173,6 +174,7 @@ function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): Dev
 export class SpecacheResident implements ResidentAttention {
   readonly speculative: boolean;
   readonly #cpuK: number;
+  readonly #compact: HostArena | null;
   #ranked = 0; // picks per head of the last selection (the row stride of picks): topK, or for tiered up to topK + cpuK
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
@@ -194,6 +196,8 @@ export class SpecacheResident implements ResidentAttention {
     this.#cpuK = k.cpuK ?? 0;
     this.speculative = this.#cpuK === 0;
     if (this.#cpuK > 0 && !pool) throw new KvoffArgumentError('tiered pool', 'a CpuAttentionPool for the CPU part (cpuK > 0)', pool);
+    // [Hkv, cpuK, 2, D] 16-bit: the CPU part's picks, gathered compact each layer (layers run one after another)
+    this.#compact = this.#cpuK > 0 ? new HostArena(c.numKvHeads * this.#cpuK * 4 * c.headDim, { pin: true }) : null;
     if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
     this.#counts = [new Int32Array(c.numKvHeads).fill(this.#hotCap - 1), new Int32Array(c.numKvHeads).fill(this.#hotCap)];
@@ -338,6 +342,7 @@ export class SpecacheResident implements ResidentAttention {
     const c = this.s.config;
     return {
       config: c, stream: this.s.stream, pool: this.pool!, region: this.host.region(layer), blockIds: this.host.blockIds, n, scale: scaleOf(c),
+      compact: { handle: this.#compact!.handle, offset: 0 },
       picks: this.ref(`picks${layer}`), ranked: this.#ranked, skip: this.k.topK, q: qkvRefs(c, a, 0).q,
       out: a.ref('attn'), lse: this.ref('lse'), oPart: this.ref('oPart'), lsePart: this.ref('lsePart'), signal: step.signal,
     };
@@ -365,6 +370,7 @@ export class SpecacheResident implements ResidentAttention {
     // Freed unread: after a failed step some may never complete (drainCopyMs reads them).
     for (const pair of [...this.copyEvents.splice(0), ...this.stallEvents.splice(0)]) for (const e of pair) native().cudaEventFree({ event: e });
     if (this.#fetched !== 0) native().cudaEventFree({ event: this.#fetched });
+    this.#compact?.dispose();
     this.#arena.free();
   }
 }

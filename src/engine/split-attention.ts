@@ -242,7 +242,7 @@ export class SplitAttention implements DecodeAttention {
 }
 
 /** Sorted positions of [0, n) that are not in `keep` (sorted). */
-export function complement(keep: Int32Array, n: number): Int32Array {
+function complement(keep: Int32Array, n: number): Int32Array {
   const out = new Int32Array(n - keep.length);
   let j = 0;
   let o = 0;
