@@ -30,6 +30,12 @@ export class PhaseProfile {
   }
 }
 
+/** An enqueued step's results, boxed so awaiting the enqueue does not await them. */
+interface Enqueued {
+  ids: Promise<Int32Array>;
+  logits?: Promise<Float32Array>; // [rows, vocab], when asked for
+}
+
 export class ResidentDecoder {
   profile: PhaseProfile | null = null;
   signal: AbortSignal | undefined; // stops a step between layers (and exact's CPU part within one)
@@ -72,7 +78,16 @@ export class ResidentDecoder {
    * at pos + 1 (never stored). Returns the argmax token of each row.
    */
   async step(tokens: Int32Array, pos: number): Promise<Int32Array> {
-    return this.#queued(() => this.#enqueue(tokens, pos, tokens.length as 1 | 2));
+    return this.#queued(() => this.#enqueue(tokens, pos, tokens.length as 1 | 2)).then((r) => r.ids);
+  }
+
+  /**
+   * A step (fed by `tokens`, or by the last argmax on the device when null, as stepOnDevice) that also brings back
+   * its logits [rows, vocab]: their download is enqueued with the step, so the next step may be enqueued before
+   * they arrive without overwriting them.
+   */
+  stepWithLogits(tokens: Int32Array | null, pos: number, rows: 1 | 2): Promise<{ ids: Int32Array; logits: Float32Array }> {
+    return this.#queued(() => this.#enqueue(tokens, pos, rows, true)).then(async (r) => ({ ids: r.ids, logits: await r.logits! }));
   }
 
   /**
@@ -81,19 +96,26 @@ export class ResidentDecoder {
    * the GPU never waits for it. Resolves with this step's argmax ids.
    */
   stepOnDevice(pos: number, rows: 1 | 2): Promise<Int32Array> {
-    return this.#queued(() => this.#enqueue(null, pos, rows));
+    return this.#queued(() => this.#enqueue(null, pos, rows)).then((r) => r.ids);
+  }
+
+  /** Resolves once every step and prefill asked for so far is enqueued (or failed): nothing more will be launched. */
+  idle(): Promise<void> {
+    return this.#tail;
   }
 
   /** Steps enqueue in call order even when one has to wait for its attention (exact's CPU part). */
-  #queued(enqueue: () => Promise<{ ids: Promise<Int32Array> }>): Promise<Int32Array> {
+  async #queued(enqueue: () => Promise<Enqueued>): Promise<{ ids: Int32Array; logits?: Promise<Float32Array> }> {
     const enqueued = this.#tail.then(enqueue);
     this.#tail = enqueued.then(() => undefined, () => undefined); // the next step waits for this one's enqueue only
-    return enqueued.then((e) => e.ids);
+    const e = await enqueued;
+    e.logits?.catch(() => {}); // awaited by the caller after the ids; a failure there must not go unhandled meanwhile
+    return { ids: await e.ids, logits: e.logits };
   }
   #tail: Promise<void> = Promise.resolve();
 
   /** Enqueues a whole step; resolves once it is enqueued, with the promise of its argmax ids (boxed: not awaited). */
-  async #enqueue(tokens: Int32Array | null, pos: number, rows: 1 | 2): Promise<{ ids: Promise<Int32Array> }> {
+  async #enqueue(tokens: Int32Array | null, pos: number, rows: 1 | 2, withLogits = false): Promise<Enqueued> {
     const c = this.config;
     const a = this.#acts;
     const stream = this.stream;
@@ -124,7 +146,9 @@ export class ResidentDecoder {
     mark?.('lm head + argmax');
     this.enqueueMs = performance.now() - t0;
     const ids = native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
-    return { ids: ids.then((b) => new Int32Array(b.buffer, b.byteOffset, rows).slice()) };
+    const V = c.vocabSize;
+    const logits = withLogits ? native().cudaDownload({ src: a.ref('logits'), bytes: rows * V * 4, stream }).then((b) => new Float32Array(b.buffer, b.byteOffset, rows * V)) : undefined;
+    return { ids: ids.then((b) => new Int32Array(b.buffer, b.byteOffset, rows).slice()), logits };
   }
 
   /** The last step's logits, [rows, vocab] (tests; a step itself only brings back the argmax ids). */

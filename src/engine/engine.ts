@@ -1,6 +1,5 @@
 // The engine: owns the attention workers, and turns prompts into streamed tokens over the paged host KV cache.
 import { setMaxListeners } from 'node:events';
-import { performance } from 'node:perf_hooks';
 import { CpuAttentionPool } from '../cpu-attention.js';
 import { KvoffArgumentError, KvoffDisposedError, KvoffRangeError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
@@ -8,6 +7,7 @@ import type { Model } from '../model/model.js';
 import { decodeStep, forward, type DecodeRow, type ForwardContext } from './forward.js';
 import { POLICY_SPECS, type Knobs } from './policies.js';
 import { planPrefixSharing } from './prefix-sharing.js';
+import { residentLoop } from './resident-loop.js';
 import { ResidentRun } from './resident-run.js';
 import { RunKv, type SeqKv } from './run-kv.js';
 import { resolveEngineOptions, type EngineOptions, type ResolvedEngineOptions } from './options.js';
@@ -217,13 +217,8 @@ export class Engine {
     return { full, piece: full.startsWith(before) ? full.slice(before.length) : full };
   }
 
-  /**
-   * One prompt with prefill and every decode step on the device (resident-run.ts). The same token loop as #run:
-   * the token sampled at step i takes position pos and is fed back only if it fits; specache feeds its guess beside.
-   */
+  /** One prompt with prefill and every decode step on the device (resident-run.ts, resident-loop.ts). */
   async *#runResident(run: ResidentRun, ids: Int32Array, total: number, maxNew: number, sampling: Required<SamplingOptions>, opts: GenerateOptions): AsyncGenerator<BatchToken> {
-    const c = this.#model.config;
-    const V = c.vocabSize;
     const stats = this.#stats;
     this.#lastKnobs = run.knobs;
     stats.deviceBytes = run.deviceBytes;
@@ -232,42 +227,17 @@ export class Engine {
     const { signal, release } = followSignal(opts.signal);
     run.decoder.signal = signal;
     try {
-      let t0 = performance.now();
-      let logits = await run.decoder.prefill(ids, {
-        chunk: this.options.residentPrefillChunk, dtype: this.options.kvDtype, signal,
-        onLayer: (done, layers) => opts.onPrefill?.(Math.round((ids.length * done) / layers), ids.length),
-      });
-      stats.deviceMs += performance.now() - t0;
-      stats.prefillTokens += ids.length;
-      const random = seededRandom(sampling.seed);
       const generated: number[] = [];
       let text = '';
-      let pos = ids.length;
-      let fedGuess: number | null = null;
-      let nextGuess: number | null = null;
-      for (;;) {
-        opts.signal?.throwIfAborted();
-        const token = sample(logits, sampling, random);
+      const ctx = {
+        config: this.#model.config, stats, prefillChunk: this.options.residentPrefillChunk, kvDtype: this.options.kvDtype, signal,
+        stopAtEos: opts.stopAtEos !== false, onPrefill: opts.onPrefill,
+      };
+      for await (const { token, logits } of residentLoop(run, ids, total, maxNew, sampling, ctx)) {
         generated.push(token);
         const { full, piece } = this.#piece(generated, text);
         text = full;
         yield { seq: 0, token, text: piece, logits };
-        if ((opts.stopAtEos !== false && c.eosTokenIds.includes(token)) || generated.length >= maxNew || pos >= total) break;
-        opts.signal?.throwIfAborted();
-        let guess: number | null = null;
-        if (run.attention.speculative) {
-          if (fedGuess !== null) stats[fedGuess === token ? 'specUsed' : 'specWasted'] += 1;
-          fedGuess = guess = nextGuess ?? token;
-        }
-        t0 = performance.now();
-        const out = await run.step(token, guess, pos); // [rows, vocab]
-        stats.deviceMs += performance.now() - t0;
-        logits = out.subarray(0, V);
-        if (guess !== null) nextGuess = argmax(out.subarray(V, 2 * V));
-        pos += 1;
-        stats.decodeTokens += 1;
-        stats.bytesH2D += run.stepBytes.h2d;
-        stats.bytesD2H += run.stepBytes.d2h;
       }
     } finally {
       release();

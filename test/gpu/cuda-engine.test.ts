@@ -107,6 +107,26 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
     }
   }, 120_000);
 
+  it('sampling runs the resident step one step at a time; top-k 1 draws what greedy (a step ahead) decodes', async () => {
+    for (const policy of ['dense', 'specache']) {
+      const knobs = policy === 'specache' ? { topK: 32, bits: 2 } : {};
+      const greedy = await run(models.cuda, policy, prompt, 8, true, knobs);
+      const engine = await createEngine(models.cuda, { policy, blockSize: 16, prefillChunk: 40, cpuThreads: 2, ...knobs });
+      try {
+        const drawn: number[] = [];
+        const logits: Float32Array[] = [];
+        for await (const t of engine.generate(prompt, { maxNewTokens: 8, stopAtEos: false, temperature: 1, topK: 1, seed: 3 })) {
+          drawn.push(t.token);
+          logits.push(t.logits);
+        }
+        expect(drawn, policy).toEqual(greedy.map((s) => s.token));
+        for (let i = 0; i < drawn.length; i++) expect(errOverRange(logits[i], greedy[i].logits), `${policy} step ${i}`).toBeLessThanOrEqual(1e-6);
+      } finally {
+        await engine.dispose();
+      }
+    }
+  }, 120_000);
+
   it('the engine on the resident tiered step: device top-k, CPU next-k and a low-bit tail, counted in the stats', async () => {
     const dense = await run(models.cuda, 'dense', prompt, 6);
     const engine = await createEngine(models.cuda, { policy: 'tiered', blockSize: 16, prefillChunk: 40, cpuThreads: 2, bits: 2, topK: 32, cpuK: 64, window: 64, sinks: 4 });
