@@ -1,9 +1,11 @@
 // Device-resident decode attention for the CUDA step: q, k, v come from the fused qkv activations on the device and
-// the output goes to `attn` there, with no host round trip (exact's CPU part aside). Three policies:
+// the output goes to `attn` there, with no host round trip (the CPU parts aside). Four policies:
 //   dense:    the whole KV of every layer in device memory, flash-decoding over it;
 //   specache: a KIVI low-bit copy of the whole KV plus a hot set (sinks, recent window, top-k) on the device, the
 //             full-precision KV in pinned host memory; the speculative row's low-bit scores pick the next step's
 //             top-k, which the copy stream selects and fetches (zero-copy gather) while the rest of this step computes;
+//   tiered:   specache's device part picked by the step's own query, plus the next cpuK tokens by score attended
+//             exactly by the CPU workers (tiered-cpu-part.ts);
 //   exact:    sinks and window on the device, every other token attended exactly by the CPU workers over the host
 //             KV, merged by LSE: only q goes down and (o, lse) comes back per layer.
 import { HostArena } from '../arena.js';
@@ -196,14 +198,19 @@ export class SpecacheResident implements ResidentAttention {
     this.#cpuK = k.cpuK ?? 0;
     this.speculative = this.#cpuK === 0;
     if (this.#cpuK > 0 && !pool) throw new KvoffArgumentError('tiered pool', 'a CpuAttentionPool for the CPU part (cpuK > 0)', pool);
-    // [Hkv, cpuK, 2, D] 16-bit: the CPU part's picks, gathered compact each layer (layers run one after another)
-    this.#compact = this.#cpuK > 0 ? new HostArena(c.numKvHeads * this.#cpuK * 4 * c.headDim, { pin: true }) : null;
     if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
     this.#counts = [new Int32Array(c.numKvHeads).fill(this.#hotCap - 1), new Int32Array(c.numKvHeads).fill(this.#hotCap)];
     this.#arena = DeviceArena.create(specacheLayout(c, s.capacity, k));
-    const bt = host.blockIds;
-    native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
+    try {
+      const bt = host.blockIds;
+      native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
+      // [Hkv, cpuK, 2, D] 16-bit: the CPU part's picks, gathered compact each layer (layers run one after another)
+      this.#compact = this.#cpuK > 0 ? new HostArena(c.numKvHeads * this.#cpuK * 4 * c.headDim, { pin: true }) : null;
+    } catch (err) {
+      this.#arena.free();
+      throw err;
+    }
   }
 
   get deviceBytes(): number {

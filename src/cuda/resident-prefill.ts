@@ -17,11 +17,6 @@ export interface ResidentPrefillOptions {
   onLayer?: (done: number, total: number) => void; // after each layer, once the GPU has finished it
 }
 
-/** Device bytes the prefill of T tokens holds besides the weights and the policy's own KV (for error messages and docs). */
-export function residentPrefillBytes(c: ModelConfig, T: number, chunk: number, staged: boolean): number {
-  return prefillLayout(c, T, Math.min(chunk, T), staged).bytes + activationLayout(c, Math.min(chunk, T), 1).bytes;
-}
-
 function prefillLayout(c: ModelConfig, T: number, chunk: number, staged: boolean): DeviceLayout {
   const layout = new DeviceLayout()
     .add('hidden', T * c.hiddenSize * 4) // [T, H] f32: the residual stream of the whole prompt between layers

@@ -30,7 +30,7 @@ export interface LoopToken {
  */
 export async function* residentLoop(run: ResidentRun, ids: Int32Array, total: number, maxNew: number, sampling: Required<SamplingOptions>, ctx: ResidentLoopContext): AsyncGenerator<LoopToken> {
   const { stats, signal } = ctx;
-  let t0 = performance.now();
+  const t0 = performance.now();
   const prefill = await run.decoder.prefill(ids, { chunk: ctx.prefillChunk, dtype: ctx.kvDtype, signal, onLayer: (done, layers) => ctx.onPrefill?.(Math.round((ids.length * done) / layers), ids.length) });
   stats.deviceMs += performance.now() - t0;
   stats.prefillTokens += ids.length;
