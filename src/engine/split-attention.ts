@@ -9,8 +9,9 @@
 import { performance } from 'node:perf_hooks';
 import type { HostDeviceTier } from '../device/device-tier.js';
 import { LowBitTier } from '../device/low-bit-tier.js';
+import { HostArena } from '../arena.js';
 import { KvoffArgumentError } from '../errors.js';
-import { native } from '../native.js';
+import { native, type KvRegion } from '../native.js';
 import type { DecodeAttention, LayerCall } from './decode-attention.js';
 import { HotSet } from './hot-set.js';
 import { ownTokenPart } from './own-token.js';
@@ -64,6 +65,9 @@ export class SplitAttention implements DecodeAttention {
   readonly #guide: (Int32Array | null)[]; // [numLayers * numKvHeads] specache: hot positions the last speculative query chose
   readonly #inflight: (Promise<number> | null)[]; // [numLayers * numKvHeads] specache: the prefetch of those positions
   #scores = new Float32Array(0); // scratch for low-bit scores, reused across heads, layers and steps
+  // tiered: [numKvHeads][cpuK, 2, headDim] 16-bit, pinned: each head's CPU picks gathered compact for the workers, so
+  // they read k2 rows a head instead of skipping an exclusion list over the whole context (layers run in turn)
+  readonly #compact: HostArena | null;
   #copyMs = 0; // prefetch time on the copy thread
   #exposedMs = 0; // of which a step waited for
 
@@ -77,6 +81,16 @@ export class SplitAttention implements DecodeAttention {
     this.#pending = Array.from({ length: shape.numLayers }, () => new Float32Array(knobs.keyGroupSize * shape.numKvHeads * shape.headDim));
     this.#guide = new Array(shape.numLayers * shape.numKvHeads).fill(null);
     this.#inflight = new Array(shape.numLayers * shape.numKvHeads).fill(null);
+    this.#compact = knobs.mode === 'tiered' ? new HostArena(shape.numKvHeads * Math.max(1, knobs.cpuK) * 4 * shape.headDim, { pin: true }) : null;
+  }
+
+  /** tiered: head h's CPU picks (sorted positions) gathered into its compact slice: the request the workers attend. */
+  #compactRequest(h: number, cpu: Int32Array, src: { region: KvRegion; blockIds: Int32Array }): { region: KvRegion; blockIds: Int32Array; numTokens: number } {
+    const { headDim: D } = this.#shape;
+    const offset = h * Math.max(1, this.#k.cpuK) * 4 * D;
+    if (cpu.length > 0) native().kvGather({ ...src.region, blockIds: src.blockIds, kvHeads: Int32Array.of(h), n: cpu.length, positions: cpu, dst: { handle: this.#compact!.handle, offset } });
+    const region: KvRegion = { handle: this.#compact!.handle, offset, numBlocks: 1, numKvHeads: 1, headDim: D, blockSize: Math.max(1, cpu.length), dtype: src.region.dtype };
+    return { region, blockIds: Int32Array.of(0), numTokens: cpu.length };
   }
 
   /**
@@ -113,10 +127,11 @@ export class SplitAttention implements DecodeAttention {
     const oCpu = new Float32Array(H * G * D); // [H, G, D]
     const lCpu = new Float32Array(H * G); // [H, G]
     const t0 = performance.now();
+    const part = (h: number) => ({ groupSize: G, q: qh(h), scale, out: oCpu.subarray(h * G * D, (h + 1) * G * D), lse: lCpu.subarray(h * G, (h + 1) * G) });
     const cpu = this.#k.mode === 'specache' ? Promise.resolve([]) : Promise.all(picks.map((pick, h) => pool.attend(
-      { ...src, numTokens: n, kvHeads: Int32Array.of(h), groupSize: G, q: qh(h), scale,
-        exclude: this.#k.mode === 'exact' ? pick.hot : complement(pick.cpu, n),
-        out: oCpu.subarray(h * G * D, (h + 1) * G * D), lse: lCpu.subarray(h * G, (h + 1) * G) },
+      this.#compact
+        ? { ...this.#compactRequest(h, pick.cpu, src), kvHeads: Int32Array.of(0), ...part(h) }
+        : { ...src, numTokens: n, kvHeads: Int32Array.of(h), exclude: pick.hot, ...part(h) },
       { signal },
     )));
     // Observed now, awaited below: a rejection (abort, crashed worker) while the device part runs must not
@@ -237,20 +252,9 @@ export class SplitAttention implements DecodeAttention {
   }
 
   dispose(): void {
+    this.#compact?.dispose();
     this.#lowBit.dispose();
   }
-}
-
-/** Sorted positions of [0, n) that are not in `keep` (sorted). */
-function complement(keep: Int32Array, n: number): Int32Array {
-  const out = new Int32Array(n - keep.length);
-  let j = 0;
-  let o = 0;
-  for (let p = 0; p < n; p++) {
-    if (j < keep.length && keep[j] === p) j++;
-    else out[o++] = p;
-  }
-  return out;
 }
 
 /** Sorted union of two sorted, disjoint position lists, cut to positions below `limit`. */
