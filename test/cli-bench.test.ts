@@ -12,6 +12,8 @@ import { loadVega, plotSpec } from '../src/bench/plot.js';
 import type { BenchRun } from '../src/bench/run.js';
 import { parseModelConfig } from '../src/model/config.js';
 import { shapeConfig } from '../src/model/shapes.js';
+import { KvoffBackendError, Model } from '../src/model/model.js';
+import { native } from '../src/native.js';
 
 const run = promisify(execFile);
 const CLI = join(import.meta.dirname, '..', 'dist', 'src', 'cli', 'main.js');
@@ -61,6 +63,21 @@ describe('kvoff bench flags', () => {
     expect(r.stderr).toMatch(message);
     expect(r.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
   }, LONG);
+});
+
+describe('kvoff bench on CUDA without a GPU', () => {
+  const gpuUsable = native().buildInfo().cuda.deviceCount > 0;
+  it.skipIf(gpuUsable)('--backend cuda --shape fails at once, before writing any weights, and says why', async () => {
+    const r = await kvoff(['bench', '--shape', 'llama-3.1-8b', '--context', '1024', '--backend', 'cuda']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/^kvoff: Expected a usable backend for --backend but received "cuda"/m);
+    expect(r.stderr).not.toMatch(/warning: --shape|writing random/); // the footprint check and the write come after
+  }, LONG);
+
+  it.skipIf(gpuUsable)('Model.randomOnDevice refuses with the backend error, allocating nothing', async () => {
+    const config = parseModelConfig(shapeConfig('tiny'), 'tiny');
+    await expect(Model.randomOnDevice(config)).rejects.toBeInstanceOf(KvoffBackendError);
+  });
 });
 
 describe('kvoff bench runs', () => {
