@@ -145,12 +145,13 @@ export async function runBench(f: BenchFlags): Promise<void> {
   let model: Model | null = null;
   try {
     // On CUDA a --shape's random weights are made on the GPU (an 8B model would take minutes to write and read back),
-    // except for infinigen, whose calibration reads the weight files.
-    if (f.shape !== undefined && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
-      const config = parseModelConfig(shapeConfig(f.shape), `--shape ${f.shape}`);
-      checkContexts(config, p.contexts, f.steps);
+    // except for infinigen, whose calibration reads the weight files, and shapes with q/k/v biases, which loadModel
+    // sends to the CPU backend under auto.
+    const shape = f.shape !== undefined ? parseModelConfig(shapeConfig(f.shape), `--shape ${f.shape}`) : null;
+    if (shape && !shape.attentionBias && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
+      checkContexts(shape, p.contexts, f.steps);
       progress.update(`random ${f.shape} weights on the GPU`, 0, 1);
-      model = await Model.randomOnDevice(config, 1);
+      model = await Model.randomOnDevice(shape, 1);
     } else {
       if (f.shape !== undefined) shapeDir = await writeShape(f.shape, p, f.steps, progress);
       model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
