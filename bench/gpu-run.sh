@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The GPU machine's checks and benchmarks in one call, logs into $OUT: what `run` brings back.
 # Here: npm run build && ../shared/tools/device-pack.sh build/Release/kvoff.node dist   (then carry .device; only the
-#   addon of build/, whose object files would push the carry past 64 MiB)
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [decode] [decode-quick]
+#   addon of build/, whose object files would push the carry past 64 MiB). If the pack still exceeds the carry, use a
+#   copy of that script with more exclusions (2026-11-23: 51 MiB), made by
+#     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
+#       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
+#   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [decode] [decode-quick] [engine]
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -17,6 +21,10 @@ for what in "${@:-tests}"; do
     kernels) node dist/bench/cuda-kernels.js 2>&1 | tail -60 > "$OUT/cuda-kernels.log" ;;
     decode) node dist/bench/cuda-decode.js --profile --json "$OUT/cuda-decode.json" 2>&1 | tail -60 > "$OUT/cuda-decode.log" ;;
     decode-quick) node dist/bench/cuda-decode.js --profile --context 16384 --steps 4 --warmup 1 --exact-steps 1 2>&1 | tail -60 > "$OUT/cuda-decode-quick.log" ;;
+    engine) # through createEngine/generate (prefill included): about 4 minutes; the 131k specache run takes 6 more
+      k="node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 32768"
+      $k --policies dense --vram-budget none > "$OUT/engine-32k-dense.json" 2> "$OUT/engine.err"
+      $k --policies specache,tiered,exact --vram-budget 10% > "$OUT/engine-32k.json" 2>> "$OUT/engine.err" ;;
     *) echo "unknown step $what" >> "$OUT/errors.log" ;;
   esac
 done
