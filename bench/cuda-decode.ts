@@ -16,6 +16,7 @@ import { HostArena } from '../src/arena.js';
 import { CpuAttentionPool } from '../src/cpu-attention.js';
 import { DeviceArena, DeviceLayout } from '../src/cuda/device-arena.js';
 import { DenseResident, ExactResident, SpecacheResident, specacheDeviceBytes, type HostKv, type ResidentAttention, type SpecacheKnobs } from '../src/cuda/resident-attention.js';
+import { deviceCopyGBs } from '../src/bench/cuda-probe.js';
 import { randomDeviceWeights } from '../src/cuda/cuda-weights.js';
 import { PhaseProfile, ResidentDecoder } from '../src/cuda/resident-decoder.js';
 import { weightLayout } from '../src/cuda/cuda-weights.js';
@@ -140,7 +141,7 @@ async function main(): Promise<void> {
   const weights = randomDeviceWeights(c, 1, stream);
   await sync();
   const rows: Row[] = [];
-  const d2d = await deviceCopyGbPerS();
+  const d2d = await deviceCopyGBs(512 * MiB, 5); // read + write, the reference DESIGN §7 uses
   const memcpy = await native().hostMemcpyBandwidth({ bytes: 512 * MiB, threads: os.availableParallelism(), iterations: 3 });
 
   if (policies.includes('dense')) {
@@ -218,27 +219,6 @@ async function main(): Promise<void> {
   exact?.dispose();
   weights.free();
   host?.arena.dispose();
-}
-
-/** Device copy GB/s counting read + write (2 x bytes / s), the reference DESIGN §7 uses. */
-async function deviceCopyGbPerS(): Promise<number> {
-  const bytes = 512 * MiB;
-  const a = DeviceArena.create(new DeviceLayout().add('src', bytes).add('dst', bytes));
-  try {
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const t0 = native().cudaEventRecord({ stream, timing: true });
-      native().cudaCopyD2D({ src: a.ref('src'), dst: a.ref('dst'), bytes, stream });
-      const t1 = native().cudaEventRecord({ stream, timing: true });
-      await sync();
-      times.push(native().cudaEventElapsedMs({ start: t0, end: t1 }));
-      native().cudaEventFree({ event: t0 });
-      native().cudaEventFree({ event: t1 });
-    }
-    return (2 * bytes) / (median(times) * 1e6);
-  } finally {
-    a.free();
-  }
 }
 
 main().catch((err) => {

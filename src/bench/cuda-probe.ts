@@ -6,7 +6,7 @@ import { native } from '../native.js';
 import type { DeviceProbe } from './machine.js';
 
 /** Best device-to-device copy of `bytes` over `reps` timed copies, as read + write GB/s (what a kernel streaming reads reaches at best). */
-async function deviceCopyGBs(bytes: number, reps: number): Promise<number> {
+export async function deviceCopyGBs(bytes: number, reps: number): Promise<number> {
   const arena = DeviceArena.create(new DeviceLayout().add('src', bytes).add('dst', bytes));
   const stream = native().cudaStreamCreate();
   try {

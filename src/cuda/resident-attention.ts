@@ -76,6 +76,20 @@ function partialsLayout(c: ModelConfig, maxRows: number, layout = new DeviceLayo
     .add('attnScratch', cudaAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxRows }));
 }
 
+/** What every layer of one step shares (e.g. per-head counts), made once a step rather than once a layer. */
+class PerStep<T> {
+  #pos = -1;
+  #value: T | null = null;
+  constructor(readonly make: (pos: number) => T) {}
+  at(pos: number): T {
+    if (pos !== this.#pos || this.#value === null) {
+      this.#value = this.make(pos);
+      this.#pos = pos;
+    }
+    return this.#value;
+  }
+}
+
 /** Makes `stream` wait for the work enqueued on `after` so far. */
 export function waitFor(stream: number, after: number): void {
   const e = native().cudaEventRecord({ stream: after });
@@ -97,8 +111,10 @@ export class DenseResident implements ResidentAttention {
   readonly speculative = false;
   readonly host = null;
   readonly #arena: DeviceArena;
+  readonly #counts: PerStep<Int32Array>; // [Hkv] rows attended: every token up to the step's own
   constructor(readonly s: ResidentShape) {
     this.#arena = DeviceArena.create(denseLayout(s.config, s.capacity));
+    this.#counts = new PerStep((pos) => new Int32Array(s.config.numKvHeads).fill(pos + 1));
   }
   get deviceBytes(): number {
     return this.#arena.bytes;
@@ -117,7 +133,7 @@ export class DenseResident implements ResidentAttention {
     const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, capacity, stream };
     native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.kv(layer), slot: step.pos });
     native().cudaAttendDecode({
-      ...shape, kv: this.kv(layer), groupSize: c.numHeads / c.numKvHeads, counts: new Int32Array(c.numKvHeads).fill(step.pos + 1),
+      ...shape, kv: this.kv(layer), groupSize: c.numHeads / c.numKvHeads, counts: this.#counts.at(step.pos),
       q, scale: scaleOf(c), out: a.ref('attn'), lse: this.#arena.ref('lse'),
       scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
     });
@@ -402,6 +418,7 @@ export class ExactResident implements ResidentAttention {
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
   readonly #kvHeads: Int32Array; // every KV head, for the CPU part
+  readonly #step: PerStep<{ counts: Int32Array; exclude: Int32Array }>;
 
   constructor(
     readonly s: ResidentShape,
@@ -414,6 +431,10 @@ export class ExactResident implements ResidentAttention {
     this.#hotCap = k.sinks + k.window;
     this.#kvHeads = Int32Array.from({ length: c.numKvHeads }, (_, h) => h);
     this.#arena = DeviceArena.create(exactLayout(c, k));
+    this.#step = new PerStep((pos) => ({
+      counts: new Int32Array(c.numKvHeads).fill(Math.min(pos + 1, this.#hotCap)), // [Hkv] hot rows filled
+      exclude: Int32Array.from(hotPositions(pos + 1, k.sinks, k.window)), // the device's tokens, left out on the CPU
+    }));
   }
   get deviceBytes(): number {
     return this.#arena.bytes;
@@ -447,7 +468,7 @@ export class ExactResident implements ResidentAttention {
     if (onDevice) {
       native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.hot(layer), capacity: this.#hotCap, slot: sinks + (p % window) });
       native().cudaAttendDecode({
-        ...shape, kv: this.hot(layer), capacity: this.#hotCap, groupSize: G, counts: new Int32Array(c.numKvHeads).fill(Math.min(n, this.#hotCap)),
+        ...shape, kv: this.hot(layer), capacity: this.#hotCap, groupSize: G, counts: this.#step.at(p).counts,
         q, scale: scaleOf(c), out, lse, scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
       });
     }
@@ -457,7 +478,7 @@ export class ExactResident implements ResidentAttention {
     const lCpu = new Float32Array(c.numHeads); // [Hkv, G]
     await this.pool.attend({
       region: r, blockIds: this.host.blockIds, numTokens: n, kvHeads: this.#kvHeads, groupSize: G,
-      q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: Int32Array.from(hotPositions(n, sinks, window)), out: oCpu, lse: lCpu,
+      q: new Float32Array(qBytes.buffer, qBytes.byteOffset, c.numHeads * D), scale: scaleOf(c), exclude: this.#step.at(p).exclude, out: oCpu, lse: lCpu,
     }, { signal: step.signal });
     if (!onDevice) {
       native().cudaUpload({ dst: out, data: oCpu, stream });

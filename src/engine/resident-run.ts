@@ -13,6 +13,7 @@ import { ResidentDecoder } from '../cuda/resident-decoder.js';
 import { KvoffCapacityError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
+import type { ModelConfig } from '../model/types.js';
 import { native } from '../native.js';
 import { formatBytes } from '../units.js';
 import type { PolicyName } from './options.js';
@@ -74,8 +75,28 @@ function candidates(r: ResidentRunRequest): Candidate[] {
   }
 }
 
+/** PCIe bytes of one decode step each way (counted, not timed): fetched hot rows, q down and (o, lse) up per layer. */
+function stepBytesOf(c: ModelConfig, attention: ResidentAttention, k: Knobs): { h2d: number; d2h: number } {
+  const rowBytes = 4 * c.headDim; // K and V of one token-head, 16-bit
+  const heads = c.numHeads * c.headDim * 4; // q, or o: [nH, D] f32
+  let h2d = 0;
+  let d2h = 0;
+  if (attention instanceof SpecacheResident) {
+    h2d += c.numKvHeads * k.topK * rowBytes;
+    if ((k.cpuK ?? 0) > 0) {
+      d2h += heads + c.numKvHeads * (k.topK + k.cpuK) * 4; // q and the picks
+      h2d += heads + c.numHeads * 4; // o and lse
+    }
+  } else if (attention instanceof ExactResident) {
+    d2h += heads;
+    h2d += heads + (attention.hotCap > 0 ? c.numHeads * 4 : 0); // cpu merges nothing: no lse
+  }
+  return { h2d: h2d * c.numLayers, d2h: d2h * c.numLayers };
+}
+
 export class ResidentRun {
   readonly decoder: ResidentDecoder;
+  readonly stepBytes: { h2d: number; d2h: number }; // PCIe bytes of one decode step (stepBytesOf)
   readonly #cache: HostKvCache | null;
   readonly #streams: number[];
   #live = true;
@@ -90,6 +111,7 @@ export class ResidentRun {
     this.#cache = cache;
     this.decoder = decoder;
     this.#streams = streams;
+    this.stepBytes = stepBytesOf(decoder.config, attention, knobs);
   }
 
   /**
@@ -129,25 +151,6 @@ export class ResidentRun {
     return this.attention.deviceBytes;
   }
 
-  /** PCIe bytes of one decode step each way (counted, not timed): fetched hot rows, q down and (o, lse) up per layer. */
-  get stepBytes(): { h2d: number; d2h: number } {
-    const c = this.decoder.config;
-    const k = this.knobs;
-    const perLayer = { h2d: 0, d2h: 0 };
-    const rowBytes = 4 * c.headDim; // K and V of one token-head, 16-bit
-    const q = c.numHeads * c.headDim * 4;
-    if (this.attention instanceof SpecacheResident) {
-      perLayer.h2d += c.numKvHeads * k.topK * rowBytes;
-      if ((k.cpuK ?? 0) > 0) {
-        perLayer.d2h += q + c.numKvHeads * (k.topK + k.cpuK) * 4;
-        perLayer.h2d += q + c.numHeads * 4;
-      }
-    } else if (this.attention instanceof ExactResident) {
-      perLayer.d2h += q;
-      perLayer.h2d += q + (this.attention.hotCap > 0 ? c.numHeads * 4 : 0);
-    }
-    return { h2d: perLayer.h2d * c.numLayers, d2h: perLayer.d2h * c.numLayers };
-  }
   /**
    * Whether greedy decoding should run a step ahead: only when the whole step is on the device (dense, specache).
    * With a CPU part (exact, cpu, tiered) each layer waits for the host anyway, and running ahead measured slower
