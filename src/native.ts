@@ -478,6 +478,8 @@ export interface CudaAttendPrefillOptions extends DevKvRegion {
   out: DevRef; // [T, numKvHeads * G, headDim] f32; may not overlap q, kv or lse
   lse: DevRef; // [T, numKvHeads * G] f32, natural log
   stream?: number;
+  /** The tensor-core kernel where head_dim is 32, 64, 128 or 256 (default true); false forces the f32 kernel. */
+  tensorCores?: boolean;
 }
 
 // cuda low-bit kernels

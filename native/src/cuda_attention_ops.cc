@@ -307,6 +307,7 @@ Napi::Value CudaAttendPrefill(const Napi::CallbackInfo& info) {
   const DevRef out = dev_field(a, "out");  // [T, numKvHeads * G, headDim] f32
   const DevRef lse = dev_field(a, "lse");  // [T, numKvHeads * G] f32
   const uint32_t stream = a.stream_handle("stream");
+  const bool tensorCores = a.boolean_or("tensorCores", true);
   const uint64_t qBytes = strided_bytes(T, qRowStride, rowFloats);
   const uint64_t outBytes = static_cast<uint64_t>(T * rowFloats) * 4, lseBytes = static_cast<uint64_t>(T * r.H * r.G) * 4;
   require_disjoint(a, "out", out, outBytes, "q", q, qBytes);
@@ -335,6 +336,7 @@ Napi::Value CudaAttendPrefill(const Napi::CallbackInfo& info) {
   call.out = out;
   call.lse = lse;
   call.stream = stream;
+  call.tensorCores = tensorCores;
   a.check(cuda_attend_prefill(call));
   return a.env().Undefined();
 }

@@ -281,6 +281,7 @@ describe.skipIf(!gpuUsable)('cudaAttendPrefill', () => {
     T: number;
     start: number;
     qScale?: number;
+    tensorCores?: boolean; // false: the f32 kernel; default (true) is the mma kernel where head_dim allows
   }
 
   /**
@@ -301,7 +302,7 @@ describe.skipIf(!gpuUsable)('cudaAttendPrefill', () => {
     const out = dev(T * qw * 4), lse = dev(T * H * G * 4);
     const scale = 1 / Math.sqrt(D);
     native().cudaKvWrite({ k: f.ref(qw * 4), v: f.ref((qw + H * D) * 4), srcRowStride: stride, tokens: T, numKvHeads: H, headDim: D, dtype, dst: kv.ref(0), capacity: cap, slot: start, stream });
-    native().cudaAttendPrefill({ q: f.ref(0), qRowStride: stride, T, start, kv: kv.ref(0), capacity: cap, numKvHeads: H, headDim: D, dtype, groupSize: G, scale, out: out.ref(0), lse: lse.ref(0), stream });
+    native().cudaAttendPrefill({ q: f.ref(0), qRowStride: stride, T, start, kv: kv.ref(0), capacity: cap, numKvHeads: H, headDim: D, dtype, groupSize: G, scale, out: out.ref(0), lse: lse.ref(0), stream, tensorCores: c.tensorCores ?? true });
     await native().cudaStreamSynchronize({ stream });
     kvWriteRef(img, { numKvHeads: H, headDim: D, capacity: cap, dtype }, start, compactRows(fusedBuf.subarray(qw), T, stride, H * D), compactRows(fusedBuf.subarray(qw + H * D), T, stride, H * D));
     const ref: DeviceKvRef = { kv: img, capacity: cap, numKvHeads: H, headDim: D, dtype, groupSize: G };
@@ -323,10 +324,16 @@ describe.skipIf(!gpuUsable)('cudaAttendPrefill', () => {
     { H: 1, G: 3, D: 256, dtype: 'bf16', T: 40, start: 33 },
     { H: 2, G: 2, D: 48, dtype: 'f16', T: 1, start: 70 },
     { H: 1, G: 4, D: 64, dtype: 'f16', T: 64, start: 64, qScale: 40 }, // large logits
+    // Many KV tiles and query tiles, causal edges inside tiles, GQA 1/4/8 (the mma kernel's 64-row tiles, 64 or 32 KV rows)
+    { H: 2, G: 1, D: 128, dtype: 'bf16', T: 301, start: 37 },
+    { H: 1, G: 8, D: 64, dtype: 'f16', T: 97, start: 130 },
+    { H: 2, G: 4, D: 256, dtype: 'f16', T: 70, start: 5 },
+    { H: 1, G: 4, D: 128, dtype: 'f16', T: 40, start: 0, qScale: 1e6 }, // scaled queries past f16's range: the mma kernel rescales
   ];
-  cases.forEach((c, i) =>
-    it(`equals prefillRef: ${c.H} KV heads, G ${c.G}, head_dim ${c.D}, ${c.dtype}, T ${c.T}, start ${c.start}${c.qScale ? ', large logits' : ''}`, () =>
-      checkPrefill(c, 200 + i), 30_000));
+  for (const tensorCores of [true, false])
+    cases.forEach((c, i) =>
+      it(`equals prefillRef (${tensorCores ? 'tensor-core' : 'f32'} kernel): ${c.H} KV heads, G ${c.G}, head_dim ${c.D}, ${c.dtype}, T ${c.T}, start ${c.start}${c.qScale ? `, queries x${c.qScale}` : ''}`, () =>
+        checkPrefill({ ...c, tensorCores }, 200 + i), 30_000));
 
   it('runs on a user stream', async () => {
     const s = native().cudaStreamCreate();

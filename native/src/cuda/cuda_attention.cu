@@ -14,6 +14,7 @@
 #include "cuda/cuda_attention.h"
 #include "cuda/cuda_internal.h"
 #include "cuda/cuda_kernels.cuh"
+#include "cuda/cuda_prefill_tc.h"
 
 namespace kvoff {
 namespace {
@@ -883,6 +884,25 @@ CudaStatus cuda_attend_prefill(const AttendPrefillCall& c) {
   auto st = find_stream(c.stream);
   if (!st) return gone("stream", c.stream);
   if (c.T == 0) return {};
+  if (c.tensorCores && prefill_tc_supported(static_cast<int>(c.headDim), at<const uint16_t>(kv, c.kv))) {
+    PrefillTcParams p{};
+    p.q = at<const float>(q, c.q);
+    p.qRowStride = c.qRowStride;
+    p.kv = at<const uint16_t>(kv, c.kv);
+    p.capacity = c.capacity;
+    p.out = at<float>(out, c.out);
+    p.lse = at<float>(lse, c.lse);
+    p.T = static_cast<int>(c.T);
+    p.start = static_cast<int>(c.start);
+    p.H = static_cast<int>(c.numKvHeads);
+    p.G = static_cast<int>(c.groupSize);
+    p.D = static_cast<int>(c.headDim);
+    p.qscale = c.scale * kLog2e;
+    const cudaError_t err = launch_prefill_tc(p, c.dtype == KvDtype::BF16, st->s);
+    if (err != cudaSuccess) return failed("the cudaAttendPrefill (tensor-core) kernel launch", err);
+    hold(*st, {q, kv, out, lse});
+    return {};
+  }
   PrefillParams p{};
   p.q = at<const float>(q, c.q);
   p.qRowStride = c.qRowStride;

@@ -125,6 +125,7 @@ struct AttendPrefillCall {
   DevRef out;  // [T, numKvHeads * G, headDim] f32
   DevRef lse;  // [T, numKvHeads * G] f32
   uint32_t stream = 0;
+  bool tensorCores = true;  // the mma kernel where the head_dim allows; false forces the f32 kernel
 };
 CudaStatus cuda_attend_prefill(const AttendPrefillCall& call);
 
