@@ -396,6 +396,22 @@ export interface CudaArgmaxOptions {
   stream?: number;
 }
 
+/**
+ * out[0] = one token drawn from x [n] with sampling.ts sample() semantics for the uniform draw u (sorted by logit,
+ * top-k, temperature, top-p; f64 weights): the same token as sample(x, o, () => u) but for rounding at a boundary.
+ */
+export interface CudaSampleOptions {
+  x: DevRef; // [n] f32
+  n: number;
+  temperature: number; // > 0: greedy is cudaArgmax
+  topK?: number; // 0 (default) = off
+  topP?: number; // (0, 1], default 1 = off
+  u: number; // [0, 1)
+  out: DevRef; // [1] int32
+  scratch: DevRef; // cudaSampleScratchBytes({ n }) bytes
+  stream?: number;
+}
+
 // cuda attention kernels
 
 /**
@@ -657,6 +673,8 @@ export interface NativeAddon {
   cudaSwiGlu(o: CudaSwiGluOptions): void;
   cudaAdd(o: CudaAddOptions): void;
   cudaArgmax(o: CudaArgmaxOptions): void;
+  cudaSampleScratchBytes(o: { n: number }): number;
+  cudaSample(o: CudaSampleOptions): void;
   // ---- attention kernels (cuda_attention_ops.cc) ----
   cudaKvWrite(o: CudaKvWriteOptions): void;
   cudaKvStoreHost(o: CudaKvStoreHostOptions): void;

@@ -31,10 +31,11 @@ function fakeRun(o: { speculative: boolean; runsAhead: boolean; failAtPos?: numb
   const decoder = {
     prefill: async (ids: Int32Array) => oneHot([ids.reduce((a, b) => a + b, 0) % V]),
     stepWithLogits: (tokens: Int32Array | null, pos: number, rows: 1 | 2) => compute(tokens ?? lastIds.slice(0, rows), pos),
+    sampleOnDevice: () => {}, // the fake's "device" choice is the rule, which top-k 1 sampling must reproduce
   };
   const run = {
     decoder, runsAhead: o.runsAhead, attention: { speculative: o.speculative }, stepBytes: { h2d: 10, d2h: 1 },
-    step: async (token: number, guess: number | null, pos: number) => (await compute(guess === null ? Int32Array.of(token) : Int32Array.of(token, guess), pos)).logits,
+    step: (token: number, guess: number | null, pos: number) => compute(guess === null ? Int32Array.of(token) : Int32Array.of(token, guess), pos),
   };
   return { run: run as unknown as ResidentRun, fed };
 }
@@ -63,7 +64,8 @@ describe('the resident token loop', () => {
     ['greedy, a step ahead, speculative', { speculative: true, runsAhead: true }, 0],
     ['greedy, a step ahead', { speculative: false, runsAhead: true }, 0],
     ['greedy, step by step (a CPU part)', { speculative: false, runsAhead: false }, 0],
-    ['sampling (top-k 1), step by step, speculative', { speculative: true, runsAhead: true }, 1],
+    ['sampling (top-k 1, drawn on the device), a step ahead, speculative', { speculative: true, runsAhead: true }, 1],
+    ['sampling (top-k 1, drawn on the device), step by step (a CPU part)', { speculative: false, runsAhead: false }, 1],
   ])('%s: yields the rule\'s tokens, maxNew in all, steps - 1 guesses counted', async (_, o, temperature) => {
     const { run, fed } = fakeRun(o);
     const ctx = context();

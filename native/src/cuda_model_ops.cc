@@ -1,5 +1,5 @@
 // JS entry points of the model-side CUDA kernels (cuda_model.h): cudaUpload, cudaDownload, cudaFillRandom,
-// cudaEmbed, cudaRmsNorm, cudaRope, cudaGemm, cudaSwiGlu, cudaAdd, cudaArgmax. Every field is checked
+// cudaEmbed, cudaRmsNorm, cudaRope, cudaGemm, cudaSwiGlu, cudaAdd, cudaArgmax, cudaSample. Every field is checked
 // before the GPU is looked for, so bad input is named on any machine; handles and ranges are checked after.
 #include <napi.h>
 
@@ -380,6 +380,41 @@ Napi::Value CudaArgmax(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// ---- cudaSample ----
+
+Napi::Value CudaSampleScratchBytes(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaSampleScratchBytes");
+  const int64_t n = a.integer("n", 1, kMaxDim);
+  return Napi::Number::New(a.env(), static_cast<double>(cuda_sample_scratch_bytes(static_cast<uint32_t>(n))));
+}
+
+Napi::Value CudaSample(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaSample");
+  SampleCall c;
+  c.x = dev(a, "x");      // [n] f32
+  c.out = dev(a, "out");  // [1] int32
+  c.scratch = dev(a, "scratch");
+  c.n = static_cast<uint32_t>(a.integer("n", 1, kMaxDim));
+  c.temperature = a.number("temperature");
+  if (!(c.temperature > 0) || !std::isfinite(c.temperature)) a.fail("temperature", "a finite number > 0 (greedy is cudaArgmax)", describe_value(info[0].As<Napi::Object>().Get("temperature")));
+  c.topK = static_cast<uint32_t>(a.integer_or("topK", 0, kMaxDim, 0));
+  c.topP = a.has("topP") ? a.number("topP") : 1.0;
+  if (!(c.topP > 0 && c.topP <= 1)) a.fail("topP", "a number in (0, 1]", describe_value(info[0].As<Napi::Object>().Get("topP")));
+  c.u = a.number("u");
+  if (!(c.u >= 0 && c.u < 1)) a.fail("u", "a number in [0, 1)", describe_value(info[0].As<Napi::Object>().Get("u")));
+  c.stream = a.stream_handle("stream");
+  const uint64_t xBytes = static_cast<uint64_t>(c.n) * 4, scratchBytes = cuda_sample_scratch_bytes(c.n);
+  gpu_and_stream(a, c.stream);
+  a.dev_range("x", c.x, xBytes, 4);
+  a.dev_range("out", c.out, 4, 4);
+  a.dev_range("scratch", c.scratch, scratchBytes, 16);
+  apart(a, "out", c.out, 4, "x", c.x, xBytes);
+  apart(a, "scratch", c.scratch, scratchBytes, "x", c.x, xBytes);
+  apart(a, "scratch", c.scratch, scratchBytes, "out", c.out, 4);
+  a.check(cuda_sample(c));
+  return a.env().Undefined();
+}
+
 }  // namespace
 
 void register_cuda_model_ops(Napi::Env env, Napi::Object exports) {
@@ -394,6 +429,8 @@ void register_cuda_model_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaSwiGlu", Napi::Function::New(env, CudaSwiGlu, "cudaSwiGlu"));
   exports.Set("cudaAdd", Napi::Function::New(env, CudaAdd, "cudaAdd"));
   exports.Set("cudaArgmax", Napi::Function::New(env, CudaArgmax, "cudaArgmax"));
+  exports.Set("cudaSampleScratchBytes", Napi::Function::New(env, CudaSampleScratchBytes, "cudaSampleScratchBytes"));
+  exports.Set("cudaSample", Napi::Function::New(env, CudaSample, "cudaSample"));
 }
 
 }  // namespace kvoff

@@ -1,10 +1,10 @@
 // The device-resident decode step: embedding, every layer and the head run on one stream, with the policy's attention
-// in between; per step only the token ids go down and the argmax ids come back.
+// in between; per step only the token ids go down and the chosen ids come back (argmax, or a draw made on the device).
 import { performance } from 'node:perf_hooks';
 import { ropeInvFreq, ropeTables } from '../model/rope.js';
 import type { ModelConfig } from '../model/types.js';
 import { native, type DevRef } from '../native.js';
-import { DeviceArena } from './device-arena.js';
+import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { GraphCache } from './graph-cache.js';
 import { LayerKernels, activationLayout } from './layer-kernels.js';
 import type { ResidentAttention } from './resident-attention.js';
@@ -30,6 +30,14 @@ export class PhaseProfile {
   }
 }
 
+/** Sampling on the device: each step's row 0 is drawn (cudaSample) with the next number of `random`, in step order. */
+export interface DeviceSampler {
+  temperature: number; // > 0
+  topK: number;
+  topP: number;
+  random: () => number;
+}
+
 /** An enqueued step's results, boxed so awaiting the enqueue does not await them. */
 interface Enqueued {
   ids: Promise<Int32Array>;
@@ -47,6 +55,8 @@ export class ResidentDecoder {
   /** Layer kernels as CUDA graphs (one launch each for the 4 before and the 5 after attention), unless useGraphs is false. */
   readonly #graphs: GraphCache | null;
   readonly #embed: DevRef;
+  #sampler: DeviceSampler | null = null;
+  #sampleScratch: DeviceArena | null = null;
 
   constructor(
     readonly config: ModelConfig,
@@ -75,14 +85,14 @@ export class ResidentDecoder {
 
   /**
    * One step: tokens[0] at position pos (stored), tokens[1] (the speculative guess, only when the policy wants one)
-   * at pos + 1 (never stored). Returns the argmax token of each row.
+   * at pos + 1 (never stored). Returns the chosen token of each row (argmax, or row 0 drawn: sampleOnDevice).
    */
   async step(tokens: Int32Array, pos: number): Promise<Int32Array> {
     return this.#queued(() => this.#enqueue(tokens, pos, tokens.length as 1 | 2)).then((r) => r.ids);
   }
 
   /**
-   * A step (fed by `tokens`, or by the last argmax on the device when null, as stepOnDevice) that also brings back
+   * A step (fed by `tokens`, or by the last step's tokens on the device when null, as stepOnDevice) that also brings back
    * its logits [rows, vocab]: their download is enqueued with the step, so the next step may be enqueued before
    * they arrive without overwriting them.
    */
@@ -91,12 +101,18 @@ export class ResidentDecoder {
   }
 
   /**
-   * A step fed by the last step's argmax where it lies, on the device (row 0: the next token; row 1: the next
-   * speculative guess), so it can be enqueued before that argmax reaches the host: the host runs a step ahead and
-   * the GPU never waits for it. Resolves with this step's argmax ids.
+   * A step fed by the last step's tokens where they lie, on the device (row 0: the next token; row 1: the next
+   * speculative guess), so it can be enqueued before they reach the host: the host runs a step ahead and
+   * the GPU never waits for it. Resolves with this step's chosen ids.
    */
   stepOnDevice(pos: number, rows: 1 | 2): Promise<Int32Array> {
     return this.#queued(() => this.#enqueue(null, pos, rows)).then((r) => r.ids);
+  }
+
+  /** Steps enqueued from now on draw row 0 on the device (cudaSample) instead of taking its argmax. */
+  sampleOnDevice(sampler: DeviceSampler): void {
+    this.#sampleScratch ??= DeviceArena.create(new DeviceLayout().add('scratch', native().cudaSampleScratchBytes({ n: this.config.vocabSize })));
+    this.#sampler = sampler;
   }
 
   /** Resolves once every step and prefill asked for so far is enqueued (or failed): nothing more will be launched. */
@@ -114,7 +130,7 @@ export class ResidentDecoder {
   }
   #tail: Promise<void> = Promise.resolve();
 
-  /** Enqueues a whole step; resolves once it is enqueued, with the promise of its argmax ids (boxed: not awaited). */
+  /** Enqueues a whole step; resolves once it is enqueued, with the promise of its chosen ids (boxed: not awaited). */
   async #enqueue(tokens: Int32Array | null, pos: number, rows: 1 | 2, withLogits = false): Promise<Enqueued> {
     const c = this.config;
     const a = this.#acts;
@@ -143,7 +159,13 @@ export class ResidentDecoder {
     }
     this.#kernels.head(a, rows);
     native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
-    mark?.('lm head + argmax');
+    const sm = this.#sampler;
+    if (sm) {
+      // Row 0 is drawn; row 1 (the speculative guess) keeps its argmax: a guess only steers the prefetch.
+      const draw = { temperature: sm.temperature, topK: sm.topK, topP: sm.topP, u: sm.random() };
+      native().cudaSample({ x: a.ref('logits'), n: c.vocabSize, ...draw, out: a.ref('ids'), scratch: this.#sampleScratch!.ref('scratch'), stream });
+    }
+    mark?.('lm head + choice');
     this.enqueueMs = performance.now() - t0;
     const ids = native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
     const V = c.vocabSize;
@@ -151,7 +173,7 @@ export class ResidentDecoder {
     return { ids: ids.then((b) => new Int32Array(b.buffer, b.byteOffset, rows).slice()), logits };
   }
 
-  /** The last step's logits, [rows, vocab] (tests; a step itself only brings back the argmax ids). */
+  /** The last step's logits, [rows, vocab] (tests; a step itself only brings back the chosen ids). */
   async logits(rows: number): Promise<Float32Array> {
     const b = await native().cudaDownload({ src: this.#acts.ref('logits'), bytes: rows * this.config.vocabSize * 4, stream: this.stream });
     return new Float32Array(b.buffer, b.byteOffset, rows * this.config.vocabSize).slice();
@@ -160,5 +182,6 @@ export class ResidentDecoder {
   dispose(): void {
     this.#graphs?.dispose();
     this.#acts.free();
+    this.#sampleScratch?.free();
   }
 }

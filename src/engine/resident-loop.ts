@@ -1,12 +1,12 @@
-// The token loop of a device-resident run: prefill, then one decode step per token. Greedy decoding on a step that
-// is all on the device runs a step ahead: each step is fed by the last one's argmax where it lies, on the device,
-// so the next step is enqueued before this one's logits reach the host and the GPU never waits for the host's
-// launches. Sampling needs the host's draw before the next step, so it runs one step at a time.
+// The token loop of a device-resident run: prefill, then one decode step per token. Every token after the first is
+// chosen on the device (argmax, or cudaSample with the run's seeded draws), so a step that is all on the device runs
+// a step ahead: each step is fed by the last one's token where it lies, on the device, and the next step is enqueued
+// before this one's logits reach the host; the GPU never waits for the host's launches.
 import { performance } from 'node:perf_hooks';
 import type { ModelConfig } from '../model/types.js';
 import type { EngineStats } from './stats.js';
 import type { ResidentRun } from './resident-run.js';
-import { argmax, sample, seededRandom, type SamplingOptions } from './sampling.js';
+import { sample, seededRandom, type SamplingOptions } from './sampling.js';
 
 export interface ResidentLoopContext {
   config: ModelConfig;
@@ -38,11 +38,11 @@ export async function* residentLoop(run: ResidentRun, ids: Int32Array, total: nu
   const steps = Math.max(0, Math.min(maxNew - 1, total - ids.length));
   const stop = (token: number) => ctx.stopAtEos && ctx.config.eosTokenIds.includes(token);
   const random = seededRandom(sampling.seed);
-  const first = sample(prefill, sampling, random);
+  const first = sample(prefill, sampling, random); // the host draws the first token; the device the rest, in order
   yield { token: first, logits: prefill };
   if (stop(first) || steps === 0) return;
-  const greedy = sampling.temperature === 0;
-  yield* greedy && run.runsAhead ? pipelined(run, first, ids.length, steps, ctx, stop) : stepwise(run, first, ids.length, steps, ctx, stop, (l) => sample(l, sampling, random));
+  if (sampling.temperature > 0) run.decoder.sampleOnDevice({ temperature: sampling.temperature, topK: sampling.topK, topP: sampling.topP, random });
+  yield* run.runsAhead ? pipelined(run, first, ids.length, steps, ctx, stop) : stepwise(run, first, ids.length, steps, ctx, stop);
 }
 
 /**
@@ -59,7 +59,7 @@ function countStep(run: ResidentRun, stats: EngineStats): void {
   stats.bytesD2H += run.stepBytes.d2h;
 }
 
-async function* stepwise(run: ResidentRun, first: number, start: number, steps: number, ctx: ResidentLoopContext, stop: (t: number) => boolean, draw: (logits: Float32Array) => number): AsyncGenerator<LoopToken> {
+async function* stepwise(run: ResidentRun, first: number, start: number, steps: number, ctx: ResidentLoopContext, stop: (t: number) => boolean): AsyncGenerator<LoopToken> {
   const V = ctx.config.vocabSize;
   const spec = run.attention.speculative;
   let token = first;
@@ -69,14 +69,14 @@ async function* stepwise(run: ResidentRun, first: number, start: number, steps: 
     // No guess yet on the first step: repeating the token is as good as any (a wrong guess costs only hot-set quality).
     const guess = spec ? (next ?? token) : null;
     const t0 = performance.now();
-    const out = await run.step(token, guess, start + j - 1); // [rows, vocab]
+    const out = await run.step(token, guess, start + j - 1); // ids [rows], logits [rows, vocab]
     ctx.stats.deviceMs += performance.now() - t0;
     countStep(run, ctx.stats);
-    const logits = out.subarray(0, V);
-    token = draw(logits);
+    const logits = out.logits.subarray(0, V);
+    token = out.ids[0];
     if (spec) {
       if (j < steps) countGuess(ctx.stats, guess, token);
-      next = argmax(out.subarray(V, 2 * V));
+      next = out.ids[1];
     }
     yield { token, logits };
     if (stop(token)) return;
@@ -84,9 +84,9 @@ async function* stepwise(run: ResidentRun, first: number, start: number, steps: 
 }
 
 /**
- * Greedy: step j + 1 is enqueued (fed on the device by step j's argmax, and its speculative argmax) before step j's
- * results are awaited. The tokens yielded are the device's argmax; a step enqueued past an end-of-sequence token
- * is wasted, never yielded.
+ * Step j + 1 is enqueued (fed on the device by step j's token, and its speculative argmax) before step j's results
+ * are awaited. The tokens yielded are the device's choices; a step enqueued past an end-of-sequence token is
+ * wasted, never yielded.
  */
 async function* pipelined(run: ResidentRun, first: number, start: number, steps: number, ctx: ResidentLoopContext, stop: (t: number) => boolean): AsyncGenerator<LoopToken> {
   const V = ctx.config.vocabSize;

@@ -152,7 +152,7 @@ export class ResidentRun {
   }
 
   /**
-   * Whether greedy decoding should run a step ahead: only when the whole step is on the device (dense, specache).
+   * Whether decoding should run a step ahead: only when the whole step is on the device (dense, specache).
    * With a CPU part (exact, cpu, tiered) each layer waits for the host anyway, and running ahead measured slower
    * (exact 126 -> 174 ms a step, tiered 50 -> 67 ms at 32k on the H100).
    */
@@ -164,11 +164,12 @@ export class ResidentRun {
     return this.#cache?.bytes ?? 0;
   }
 
-  /** Logits [rows, vocab] of one step: the token at pos, and the speculative guess at pos + 1 when the policy wants one. */
-  async step(token: number, guess: number | null, pos: number): Promise<Float32Array> {
-    const rows = guess === null ? 1 : 2;
-    await this.decoder.step(rows === 1 ? Int32Array.of(token) : Int32Array.of(token, guess!), pos);
-    return this.decoder.logits(rows);
+  /**
+   * One step for the token at pos, and the speculative guess at pos + 1 when the policy wants one: the device's
+   * choice per row (ids [rows]) and the logits [rows, vocab].
+   */
+  step(token: number, guess: number | null, pos: number): Promise<{ ids: Int32Array; logits: Float32Array }> {
+    return this.decoder.stepWithLogits(guess === null ? Int32Array.of(token) : Int32Array.of(token, guess), pos, guess === null ? 1 : 2);
   }
 
   /**

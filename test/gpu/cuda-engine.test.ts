@@ -9,11 +9,12 @@ import { DenseResident, SpecacheResident, type HostKv } from '../../src/cuda/res
 import { ResidentDecoder } from '../../src/cuda/resident-decoder.js';
 import { HostArena } from '../../src/arena.js';
 import { KvoffArgumentError, createEngine, loadModel, type Model } from '../../src/index.js';
+import { seededRandom, validateSampling } from '../../src/engine/sampling.js';
 import { loadModelDir } from '../../src/model/load-dir.js';
 import { writeRandomModel } from '../../src/model/random-model.js';
 import { native } from '../../src/native.js';
 import { errOverRange } from '../helpers.js';
-import { gpuUsable } from './cuda-helpers.js';
+import { acceptable, gpuUsable } from './cuda-helpers.js';
 
 // head_dim 64, GQA 4, bf16 weights: the CPU backend widens them to f32 exactly, so both backends hold the same numbers.
 const JSON_CONFIG = {
@@ -107,7 +108,28 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
     }
   }, 120_000);
 
-  it('sampling runs the resident step one step at a time; top-k 1 draws what greedy (a step ahead) decodes', async () => {
+  it('sampling on the device: each token is what sample() draws from its logits with the seed\'s next draw', async () => {
+    // dense and specache run a step ahead, exact step by step; the first token is drawn on the host, the rest on the device.
+    for (const policy of ['dense', 'specache', 'exact']) {
+      const knobs = policy === 'specache' ? { topK: 32, bits: 2 } : {};
+      const engine = await createEngine(models.cuda, { policy, blockSize: 16, prefillChunk: 40, cpuThreads: 2, ...knobs });
+      try {
+        const o = validateSampling({ temperature: 0.9, topK: 40, topP: 0.9, seed: 11 });
+        const random = seededRandom(o.seed);
+        const drawn = new Set<number>();
+        for await (const t of engine.generate(prompt, { maxNewTokens: 10, stopAtEos: false, ...o })) {
+          const u = random();
+          expect(acceptable(t.logits, o, u).has(t.token), `${policy}: token ${t.token} at u ${u}`).toBe(true);
+          drawn.add(t.token);
+        }
+        expect(drawn.size, `${policy}: draws, not one repeated token`).toBeGreaterThan(1);
+      } finally {
+        await engine.dispose();
+      }
+    }
+  }, 120_000);
+
+  it('top-k 1 sampling draws what greedy decodes, both a step ahead', async () => {
     for (const policy of ['dense', 'specache']) {
       const knobs = policy === 'specache' ? { topK: 32, bits: 2 } : {};
       const greedy = await run(models.cuda, policy, prompt, 8, true, knobs);

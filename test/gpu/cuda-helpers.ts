@@ -1,4 +1,6 @@
-// Shared by the GPU tests: whether a GPU is usable, device arenas that free themselves, typed reads and writes.
+// Shared by the GPU tests: whether a GPU is usable, device arenas that free themselves, typed reads and writes, and
+// the draws sample() accepts.
+import { sample, type SamplingOptions } from '../../src/engine/sampling.js';
 import { native, type DevRef } from '../../src/native.js';
 
 export const gpuUsable = native().buildInfo().cuda.deviceCount > 0;
@@ -52,4 +54,13 @@ export function expectSameWords(got: Uint16Array, want: Uint16Array, label = '')
   while (got[i] === want[i]) i++;
   const hex = (a: Uint16Array) => Array.from(a.subarray(i, i + 8), (v) => v.toString(16).padStart(4, '0')).join(' ');
   throw new Error(`${label}: first difference at word ${i} of ${want.length}: got ${hex(got)}..., want ${hex(want)}...`);
+}
+
+/** The tokens sample() picks for u and topP nudged by a relative 1e-9: a draw on the device may differ only by rounding. */
+export function acceptable(logits: Float32Array, o: Required<SamplingOptions>, u: number): Set<number> {
+  const eps = 1e-9;
+  const picks = new Set<number>();
+  for (const du of [-eps, 0, eps]) picks.add(sample(logits, o, () => Math.min(Math.max(u * (1 + du), 0), 1 - 2 ** -40)));
+  if (o.topP < 1) for (const dp of [-eps, eps]) picks.add(sample(logits, { ...o, topP: Math.min(1, o.topP * (1 + dp)) }, () => u));
+  return picks;
 }

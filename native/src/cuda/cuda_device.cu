@@ -89,6 +89,25 @@ std::shared_ptr<Stream> find_stream(uint32_t handle) {
   return st;
 }
 
+CudaStatus bind(std::initializer_list<DevRef> refs, uint32_t stream, Bound* b) {
+  if (!cuda_usable()) return unavailable();
+  for (const DevRef& r : refs) {
+    auto a = find_arena(r.handle);
+    if (!a) return gone("device arena", r.handle);
+    b->ptr.push_back(static_cast<uint8_t*>(a->ptr) + r.offset);
+    b->keep.push_back(a);
+  }
+  b->stream = find_stream(stream);
+  if (!b->stream) return gone("stream", stream);
+  return {};
+}
+
+CudaStatus launched(Bound& b, cudaError_t err, const char* what) {
+  if (err != cudaSuccess) return failed(std::string("the ") + what + " kernel launch", err);
+  hold(*b.stream, std::move(b.keep));
+  return {};
+}
+
 CudaStatus gone(const char* what, uint32_t handle) {
   return status_of(CudaFail::Disposed, std::string("Expected a live ") + what + " but received handle " + std::to_string(handle) +
                                            ", which is freed or was never created");

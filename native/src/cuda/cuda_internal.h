@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <utility>
@@ -44,6 +45,16 @@ std::shared_ptr<DevArena> find_arena(uint32_t handle);
 std::shared_ptr<Stream> find_stream(uint32_t handle);  // creates stream 0 on first use
 void hold(Stream& st, Keep keep);
 uint64_t staging_bytes();
+
+// The arenas and stream one call uses; the arenas go to hold() once the launch is enqueued.
+struct Bound {
+  Keep keep;
+  std::vector<uint8_t*> ptr;  // in the order the refs were given
+  std::shared_ptr<Stream> stream;
+};
+CudaStatus bind(std::initializer_list<DevRef> refs, uint32_t stream, Bound* b);
+// On success, hands the bound arenas to hold() on the bound stream; else the failure naming `what`.
+CudaStatus launched(Bound& b, cudaError_t err, const char* what);
 
 }  // namespace cudadev
 }  // namespace kvoff

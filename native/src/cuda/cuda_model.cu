@@ -135,32 +135,6 @@ cudaError_t slot_release(Slot* s, cudaStream_t stream, bool held) {
 
 // ---- Handles to pointers ----
 
-// The arenas and stream one call uses; the arenas go to hold() once the launch is enqueued.
-struct Bound {
-  Keep keep;
-  std::vector<uint8_t*> ptr;  // in the order the refs were given
-  std::shared_ptr<Stream> stream;
-};
-
-CudaStatus bind(std::initializer_list<DevRef> refs, uint32_t stream, Bound* b) {
-  if (!cuda_usable()) return unavailable();
-  for (const DevRef& r : refs) {
-    auto a = find_arena(r.handle);
-    if (!a) return gone("device arena", r.handle);
-    b->ptr.push_back(static_cast<uint8_t*>(a->ptr) + r.offset);
-    b->keep.push_back(a);
-  }
-  b->stream = find_stream(stream);
-  if (!b->stream) return gone("stream", stream);
-  return {};
-}
-
-CudaStatus launched(Bound& b, cudaError_t err, const char* what) {
-  if (err != cudaSuccess) return failed(std::string("the ") + what + " kernel launch", err);
-  hold(*b.stream, std::move(b.keep));
-  return {};
-}
-
 int sm_count() {
   static std::once_flag once;
   static int sms = 0;

@@ -58,4 +58,19 @@ CudaStatus cuda_add(DevRef a, DevRef b, DevRef out, uint64_t n, uint32_t stream)
 // out [m] int32 = per-row argmax of x [m, n] f32, sampling.ts argmax semantics.
 CudaStatus cuda_argmax(DevRef x, uint32_t m, uint32_t n, DevRef out, uint32_t stream);
 
+// One draw with sampling.ts sample() semantics (cuda_sample.cu): out[0] = the token picked from x [n] f32.
+struct SampleCall {
+  DevRef x;        // [n] f32 logits
+  uint32_t n = 0;
+  double temperature = 1.0;  // > 0 (greedy is cuda_argmax)
+  uint32_t topK = 0;         // 0 = off
+  double topP = 1.0;         // (0, 1]
+  double u = 0.0;            // the uniform draw in [0, 1)
+  DevRef out;      // [1] int32
+  DevRef scratch;  // cuda_sample_scratch_bytes(n)
+  uint32_t stream = 0;
+};
+uint64_t cuda_sample_scratch_bytes(uint32_t n);
+CudaStatus cuda_sample(const SampleCall& call);
+
 }  // namespace kvoff
