@@ -387,6 +387,16 @@ export interface CudaAddOptions {
   stream?: number;
 }
 
+/** x[r, i] += bias[i] for i < n over rows r of x (reference: addBiasRef). */
+export interface CudaAddBiasOptions {
+  x: DevRef; // [rows, rowStride] f32
+  bias: DevRef; // [n] f32; may not overlap x
+  rows: number;
+  n: number;
+  rowStride?: number; // floats between rows of x; default n
+  stream?: number;
+}
+
 /** out[r] = argmax of row r with sampling.ts argmax semantics: first maximum, NaN skipped, NaN at index 0 gives 0 (reference: argmaxRef). */
 export interface CudaArgmaxOptions {
   x: DevRef; // [m, n] f32
@@ -673,6 +683,7 @@ export interface NativeAddon {
   cudaSwiGlu(o: CudaSwiGluOptions): void;
   cudaAdd(o: CudaAddOptions): void;
   cudaArgmax(o: CudaArgmaxOptions): void;
+  cudaAddBias(o: CudaAddBiasOptions): void;
   cudaSampleScratchBytes(o: { n: number }): number;
   cudaSample(o: CudaSampleOptions): void;
   // ---- attention kernels (cuda_attention_ops.cc) ----

@@ -1,5 +1,5 @@
 // JS entry points of the model-side CUDA kernels (cuda_model.h): cudaUpload, cudaDownload, cudaFillRandom,
-// cudaEmbed, cudaRmsNorm, cudaRope, cudaGemm, cudaSwiGlu, cudaAdd, cudaArgmax, cudaSample. Every field is checked
+// cudaEmbed, cudaRmsNorm, cudaRope, cudaGemm, cudaSwiGlu, cudaAdd, cudaAddBias, cudaArgmax, cudaSample. Every field is checked
 // before the GPU is looked for, so bad input is named on any machine; handles and ranges are checked after.
 #include <napi.h>
 
@@ -361,6 +361,27 @@ Napi::Value CudaAdd(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// ---- cudaAddBias ----
+
+Napi::Value CudaAddBias(const Napi::CallbackInfo& info) {
+  CudaArgs a(info, "cudaAddBias");
+  const DevRef x = dev(a, "x");        // [rows, rowStride] f32, the first n of each row biased in place
+  const DevRef bias = dev(a, "bias");  // [n] f32
+  const int64_t rows = a.integer("rows", 1, kMaxDim);
+  const int64_t n = a.integer("n", 1, kMaxDim);
+  const int64_t rowStride = a.integer_or("rowStride", n, int64_t(1) << 40, n);
+  const uint32_t stream = a.stream_handle("stream");
+  const uint64_t xBytes = bytes_of(a, "x", {static_cast<uint64_t>(rows - 1), static_cast<uint64_t>(rowStride)}, 4) + static_cast<uint64_t>(n) * 4;
+  if (xBytes > kMaxBytes) a.fail("x", "a buffer of at most 2^46 bytes", std::to_string(xBytes) + " bytes");
+  const uint64_t biasBytes = static_cast<uint64_t>(n) * 4;
+  gpu_and_stream(a, stream);
+  a.dev_range("x", x, xBytes, 4);
+  a.dev_range("bias", bias, biasBytes, 4);
+  apart(a, "x", x, xBytes, "bias", bias, biasBytes);
+  a.check(cuda_add_bias(x, bias, static_cast<uint32_t>(rows), static_cast<uint32_t>(n), static_cast<uint64_t>(rowStride), stream));
+  return a.env().Undefined();
+}
+
 // ---- cudaArgmax ----
 
 Napi::Value CudaArgmax(const Napi::CallbackInfo& info) {
@@ -428,6 +449,7 @@ void register_cuda_model_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaGemm", Napi::Function::New(env, CudaGemm, "cudaGemm"));
   exports.Set("cudaSwiGlu", Napi::Function::New(env, CudaSwiGlu, "cudaSwiGlu"));
   exports.Set("cudaAdd", Napi::Function::New(env, CudaAdd, "cudaAdd"));
+  exports.Set("cudaAddBias", Napi::Function::New(env, CudaAddBias, "cudaAddBias"));
   exports.Set("cudaArgmax", Napi::Function::New(env, CudaArgmax, "cudaArgmax"));
   exports.Set("cudaSampleScratchBytes", Napi::Function::New(env, CudaSampleScratchBytes, "cudaSampleScratchBytes"));
   exports.Set("cudaSample", Napi::Function::New(env, CudaSample, "cudaSample"));

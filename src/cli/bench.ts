@@ -145,10 +145,9 @@ export async function runBench(f: BenchFlags): Promise<void> {
   let model: Model | null = null;
   try {
     // On CUDA a --shape's random weights are made on the GPU (an 8B model would take minutes to write and read back),
-    // except for infinigen, whose calibration reads the weight files, and shapes with q/k/v biases, which loadModel
-    // sends to the CPU backend under auto.
+    // except for infinigen, whose calibration reads the weight files.
     const shape = f.shape !== undefined ? parseModelConfig(shapeConfig(f.shape), `--shape ${f.shape}`) : null;
-    if (shape && !shape.attentionBias && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
+    if (shape && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
       checkContexts(shape, p.contexts, f.steps);
       progress.update(`random ${f.shape} weights on the GPU`, 0, 1);
       model = await Model.randomOnDevice(shape, 1);

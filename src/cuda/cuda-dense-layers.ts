@@ -21,7 +21,6 @@ export class CudaDenseLayers implements DenseLayers {
     readonly weights: DeviceArena, // weightLayout(config), see cuda-weights.ts
     readonly stream = 0,
   ) {
-    if (config.attentionBias) throw new KvoffArgumentError('config.attentionBias', 'false on the CUDA backend (q/k/v biases are not supported there yet)', true);
     this.#kernels = new LayerKernels(config, weights, stream);
   }
 

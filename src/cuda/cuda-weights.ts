@@ -19,11 +19,22 @@ export function layerPartShapes(c: ModelConfig): Record<LayerPart, [number, numb
 export function weightLayout(c: ModelConfig): DeviceLayout {
   const layout = new DeviceLayout();
   const shapes = layerPartShapes(c);
-  for (let l = 0; l < c.numLayers; l++) for (const [part, [r, k]] of Object.entries(shapes)) layout.add(`${l}.${part}`, r * k * 2);
+  for (let l = 0; l < c.numLayers; l++) {
+    for (const [part, [r, k]] of Object.entries(shapes)) layout.add(`${l}.${part}`, r * k * 2);
+    if (c.attentionBias) layout.add(`${l}.qkvBias`, shapes.qkv[0] * 4); // [(nH + 2 nKv) D] f32: q | k | v biases, kept exact
+  }
   layout.add('embed', c.vocabSize * c.hiddenSize * 2);
   layout.add('norm', c.hiddenSize * 2);
   layout.add('lmHead', c.vocabSize * c.hiddenSize * 2);
   return layout;
+}
+
+/** A stored tensor widened to f32 (exact from bf16 and f16). */
+function toF32(t: RawTensor): Float32Array {
+  const n = tensorElements(t.shape);
+  if (t.dtype === 'f32') return new Float32Array(new Uint8Array(t.data).buffer.slice(0), 0, n);
+  const src = new Uint16Array(new Uint8Array(t.data).buffer, 0, n);
+  return t.dtype === 'bf16' ? new Float32Array(Uint32Array.from(src, (b) => b << 16).buffer) : Float32Array.from(src, f16ToF32);
 }
 
 /** A stored tensor as bf16 bits: bf16 as is, f32 and f16 rounded to nearest even. */
@@ -50,7 +61,7 @@ export function uploadWeights(c: ModelConfig, weights: WeightMap, onLayer?: (don
       if (!t) throw new KvoffError('KVOFF_E_MODEL_FORMAT', `Expected tensor ${name} but it is missing`);
       return toBf16(t);
     };
-    const write = (name: string, parts: Uint16Array[]): void => {
+    const write = (name: string, parts: Array<Uint16Array | Float32Array>): void => {
       let at = 0;
       for (const p of parts) {
         native().cudaArenaWrite({ handle: arena.handle, offset: arena.ref(name).devOffset + at, data: new Uint8Array(p.buffer, p.byteOffset, p.byteLength) });
@@ -61,6 +72,14 @@ export function uploadWeights(c: ModelConfig, weights: WeightMap, onLayer?: (don
       const n = layerWeightNames(l);
       write(`${l}.inNorm`, [get(n.inputLayernorm)]);
       write(`${l}.qkv`, [get(n.qProj), get(n.kProj), get(n.vProj)]); // rows: q, then k, then v
+      if (c.attentionBias) {
+        const bias = (name: string): Float32Array => {
+          const t = weights.get(name);
+          if (!t) throw new KvoffError('KVOFF_E_MODEL_FORMAT', `Expected tensor ${name} but it is missing`);
+          return toF32(t);
+        };
+        write(`${l}.qkvBias`, [bias(n.qBias), bias(n.kBias), bias(n.vBias)]);
+      }
       write(`${l}.o`, [get(n.oProj)]);
       write(`${l}.postNorm`, [get(n.postAttentionLayernorm)]);
       write(`${l}.gateUp`, [get(n.gateProj), get(n.upProj)]); // rows: gate, then up (cudaSwiGlu's order)
@@ -90,6 +109,10 @@ export function randomDeviceWeights(c: ModelConfig, seed: number, stream = 0): D
     const dst = arena.ref(name);
     if (name.endsWith('Norm') || name === 'norm') {
       native().cudaUpload({ dst, data: ones, stream });
+      continue;
+    }
+    if (name.endsWith('qkvBias')) {
+      native().cudaFillRandom({ dst, count: bytes / 4, dtype: 'f32', seed: seed * 1000 + i++, scale: 0.5, stream });
       continue;
     }
     const fanIn = name === 'embed' ? 3 : name.endsWith('.down') ? c.intermediateSize : name.endsWith('.o') ? c.numHeads * c.headDim : c.hiddenSize;

@@ -24,7 +24,7 @@ export const qkvWidth = (c: ModelConfig): number => (c.numHeads + 2 * c.numKvHea
 
 export class LayerKernels {
   // DevRefs resolved once: a decode step makes hundreds of launches, and each lookup would allocate.
-  readonly #w: Array<Record<string, DevRef>>;
+  readonly #w: Array<Record<string, DevRef>>; // plus qkvBias where the model has q/k/v biases
   readonly #final: { norm: DevRef; lmHead: DevRef };
   constructor(
     readonly c: ModelConfig,
@@ -32,17 +32,19 @@ export class LayerKernels {
     readonly stream: number,
   ) {
     const parts = ['inNorm', 'qkv', 'o', 'postNorm', 'gateUp', 'down'];
+    if (c.attentionBias) parts.push('qkvBias');
     this.#w = Array.from({ length: c.numLayers }, (_, l) => Object.fromEntries(parts.map((p) => [p, weights.ref(`${l}.${p}`)])));
     this.#final = { norm: weights.ref('norm'), lmHead: weights.ref('lmHead') };
   }
 
-  /** x [T, H] -> qkv [T, width]: input_layernorm, the fused q|k|v projection, RoPE on q and k (cos/sin already in a). */
+  /** x [T, H] -> qkv [T, width]: input_layernorm, the fused q|k|v projection (+ bias), RoPE on q and k (cos/sin already in a). */
   pre(a: DeviceArena, layer: number, T: number): void {
     const { c, stream } = this;
     const width = qkvWidth(c);
     const w = this.#w[layer];
     native().cudaRmsNorm({ x: a.ref('x'), weight: w.inNorm, out: a.ref('n'), rows: T, n: c.hiddenSize, eps: c.rmsNormEps, stream });
     native().cudaGemm({ w: w.qkv, x: a.ref('n'), y: a.ref('qkv'), m: T, n: width, k: c.hiddenSize, stream });
+    if (w.qkvBias) native().cudaAddBias({ x: a.ref('qkv'), bias: w.qkvBias, rows: T, n: width, stream });
     const rope = { rows: T, headDim: c.headDim, rowStride: width, cos: a.ref('cos'), sin: a.ref('sin'), stream };
     native().cudaRope({ ...rope, x: a.ref('qkv'), heads: c.numHeads });
     native().cudaRope({ ...rope, x: a.ref('qkv', c.numHeads * c.headDim * 4), heads: c.numKvHeads });

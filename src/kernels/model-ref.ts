@@ -126,6 +126,13 @@ export function addRef(a: Float32Array, b: Float32Array): Float32Array {
   return Float32Array.from(a, (v, i) => v + b[i]);
 }
 
+/** x [rows, rowStride] with bias [n] added to the first n floats of every row (a copy; x is left alone). */
+export function addBiasRef(x: Float32Array, bias: Float32Array, rows: number, n: number, rowStride = n): Float32Array {
+  const out = x.slice();
+  for (let r = 0; r < rows; r++) for (let i = 0; i < n; i++) out[r * rowStride + i] += bias[i];
+  return out;
+}
+
 /** out [m] = sampling.ts argmax of each row of x [m, n]. */
 export function argmaxRef(x: Float32Array, m: number, n: number): Int32Array {
   return Int32Array.from({ length: m }, (_, r) => argmax(x.subarray(r * n, (r + 1) * n)));

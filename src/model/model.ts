@@ -73,7 +73,7 @@ export class Model {
   }
 
   static async load(pathOrDemo: string | undefined, opts: LoadModelOptions = {}): Promise<Model> {
-    let backend = resolveBackend(opts.backend);
+    const backend = resolveBackend(opts.backend);
     const dir = pathOrDemo === undefined || pathOrDemo === 'demo' ? demoModelDir() : pathOrDemo;
     const progress = opts.onProgress ?? (() => {});
     const loaded = await loadModelDir(dir);
@@ -87,11 +87,6 @@ export class Model {
       return toFloat32(t);
     };
     const embed = get('model.embed_tokens.weight');
-    if (backend === 'cuda' && config.attentionBias) {
-      // q/k/v biases (Qwen2) have no CUDA kernel yet: auto stays on the CPU, an explicit ask is refused.
-      if ((opts.backend ?? 'auto') === 'auto') backend = 'cpu';
-      else throw new KvoffBackendError('cuda', `${config.architecture}'s q/k/v biases are not supported on the CUDA backend yet; use --backend cpu`);
-    }
     if (backend === 'cuda') {
       const onDevice = uploadWeights(config, weights, (d, t) => progress('load', d, t));
       try {
@@ -125,7 +120,6 @@ export class Model {
    */
   static async randomOnDevice(config: ModelConfig, seed = 1): Promise<Model> {
     resolveBackend('cuda'); // throws, saying why, without a usable GPU
-    if (config.attentionBias) throw new KvoffBackendError('cuda', `${config.architecture}'s q/k/v biases are not supported on the CUDA backend yet`);
     const weights = randomDeviceWeights(config, seed);
     try {
       const { vocabSize: V, hiddenSize: H } = config;

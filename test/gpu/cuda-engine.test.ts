@@ -60,6 +60,25 @@ describe.skipIf(!gpuUsable)('CUDA backend', () => {
     }
   }, 120_000);
 
+  it('Qwen2 (q/k/v biases, tied embeddings) on CUDA reproduces the CPU backend, on both paths', async () => {
+    const qwen = { ...JSON_CONFIG, architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', tie_word_embeddings: true, rope_theta: 1e6 };
+    const q = await writeRandomModel(qwen, { dtype: 'bf16', seed: 12 });
+    const cpu = await loadModel(q.dir, { backend: 'cpu' });
+    const cuda = await loadModel(q.dir, { backend: 'cuda' });
+    try {
+      expect(cuda.backend).toBe('cuda');
+      const want = await run(cpu, 'dense', prompt);
+      for (const residentStep of [false, true]) {
+        const got = await run(cuda, 'dense', prompt, 5, residentStep);
+        for (let i = 0; i < want.length; i++) expect(errOverRange(got[i].logits, want[i].logits), `step ${i}, resident ${residentStep}`).toBeLessThanOrEqual(2e-2);
+      }
+    } finally {
+      await cpu.dispose();
+      await cuda.dispose();
+      await rm(q.dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('cpu, offload-layer and exact equal dense on CUDA at every step (host-side path)', async () => {
     const dense = await run(models.cuda, 'dense', prompt, 5, false);
     for (const policy of ['cpu', 'offload-layer', 'exact']) {

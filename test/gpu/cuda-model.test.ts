@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { f32ToBf16, roundThrough } from '../../src/kernels/half.js';
 import {
-  addRef, argmaxRef, embedRef, fillRandomRef, gemmBf16Ref, rmsNormRef, ropeRef, swigluRef,
+  addBiasRef, addRef, argmaxRef, embedRef, fillRandomRef, gemmBf16Ref, rmsNormRef, ropeRef, swigluRef,
 } from '../../src/kernels/model-ref.js';
 import { ropeInvFreq, ropeTables } from '../../src/model/rope.js';
 import { native, type DevRef } from '../../src/native.js';
@@ -421,6 +421,26 @@ describe.skipIf(!gpuUsable)('cudaAdd', () => {
       expectSameF32(await downF32(ra, count), ab, `${count} out = a`);
       expectSameF32(await downF32(rb, count), addRef(ab, b), `${count} out = b`);
     }
+  });
+});
+
+describe.skipIf(!gpuUsable)('cudaAddBias', () => {
+  it('adds the bias to the first n floats of every row, leaving the rest of a strided row alone', async () => {
+    const r = rng(19);
+    for (const [rows, n, stride] of [[1, 1, 1], [1, 1536, 1536], [77, 640, 640], [9, 100, 131], [3000, 4608, 4608]]) {
+      const x = randn((rows - 1) * stride + n, r), bias = randn(n, r);
+      const d = arena((x.length + n) * 4);
+      up(d.ref(0), x);
+      up(d.ref(x.length * 4), bias);
+      native().cudaAddBias({ x: d.ref(0), bias: d.ref(x.length * 4), rows, n, rowStride: stride });
+      expectSameF32(await downF32(d.ref(0), x.length), addBiasRef(x, bias, rows, n, stride), `${rows} x ${n} / ${stride}`);
+    }
+  });
+
+  it('refuses a bias overlapping x and a stride under n', () => {
+    const d = arena(1 << 16);
+    expect(() => native().cudaAddBias({ x: d.ref(0), bias: d.ref(64), rows: 4, n: 32 })).toThrow('Expected a range that does not overlap bias for cudaAddBias.x but received an overlapping range at offset 0');
+    expect(() => native().cudaAddBias({ x: d.ref(0), bias: d.ref(8192), rows: 4, n: 32, rowStride: 16 })).toThrow('Expected cudaAddBias.rowStride in [32, 1099511627776] but received 16');
   });
 });
 

@@ -342,6 +342,15 @@ __global__ void swiglu_kernel(const float* __restrict__ gateUp, float* __restric
 }
 
 // out may equal a or b: each element is read before it is written, by the same thread.
+// x [rows, rowStride]: x[r, i] += bias[i] for i < n (Qwen2's q/k/v biases on the fused projection).
+__global__ void add_bias_kernel(float* x, const float* bias, uint32_t rows, uint32_t n, uint64_t rowStride) {
+  const uint64_t total = static_cast<uint64_t>(rows) * n;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t r = i / n, c = i - r * n;
+    x[r * rowStride + c] += bias[c];
+  }
+}
+
 __global__ void add_kernel(const float* a, const float* b, float* out, uint64_t n, bool vec) {
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   const uint64_t tid = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -545,6 +554,15 @@ CudaStatus cuda_add(DevRef a, DevRef bRef, DevRef out, uint64_t n, uint32_t stre
                                                                            reinterpret_cast<const float*>(b.ptr[1]),
                                                                            reinterpret_cast<float*>(b.ptr[2]), n, vec);
   return launched(b, cudaGetLastError(), "cudaAdd");
+}
+
+CudaStatus cuda_add_bias(DevRef x, DevRef bias, uint32_t rows, uint32_t n, uint64_t rowStride, uint32_t stream) {
+  Bound b;
+  CudaStatus st = bind({x, bias}, stream, &b);
+  if (!st.ok()) return st;
+  add_bias_kernel<<<grid_for(static_cast<uint64_t>(rows) * n, 256), 256, 0, b.stream->s>>>(
+      reinterpret_cast<float*>(b.ptr[0]), reinterpret_cast<const float*>(b.ptr[1]), rows, n, rowStride);
+  return launched(b, cudaGetLastError(), "cudaAddBias");
 }
 
 CudaStatus cuda_argmax(DevRef x, uint32_t m, uint32_t n, DevRef out, uint32_t stream) {

@@ -55,6 +55,9 @@ CudaStatus cuda_swiglu(DevRef gateUp, DevRef out, uint32_t m, uint32_t inter, ui
 // out [n] = a + b, f32; out may equal a or b.
 CudaStatus cuda_add(DevRef a, DevRef b, DevRef out, uint64_t n, uint32_t stream);
 
+// x [rows, rowStride] f32: x[r, i] += bias[i] for i < n; bias [n] f32.
+CudaStatus cuda_add_bias(DevRef x, DevRef bias, uint32_t rows, uint32_t n, uint64_t rowStride, uint32_t stream);
+
 // out [m] int32 = per-row argmax of x [m, n] f32, sampling.ts argmax semantics.
 CudaStatus cuda_argmax(DevRef x, uint32_t m, uint32_t n, DevRef out, uint32_t stream);
 

@@ -22,6 +22,7 @@ CudaStatus cuda_rope(DevRef, uint32_t, uint32_t, uint32_t, uint64_t, DevRef, Dev
 CudaStatus cuda_gemm_bf16(const GemmCall&) { return model_not_built(); }
 CudaStatus cuda_swiglu(DevRef, DevRef, uint32_t, uint32_t, uint32_t) { return model_not_built(); }
 CudaStatus cuda_add(DevRef, DevRef, DevRef, uint64_t, uint32_t) { return model_not_built(); }
+CudaStatus cuda_add_bias(DevRef, DevRef, uint32_t, uint32_t, uint64_t, uint32_t) { return model_not_built(); }
 CudaStatus cuda_argmax(DevRef, uint32_t, uint32_t, DevRef, uint32_t) { return model_not_built(); }
 uint64_t cuda_sample_scratch_bytes(uint32_t n) { return static_cast<uint64_t>(n) * 12; }
 CudaStatus cuda_sample(const SampleCall&) { return model_not_built(); }
