@@ -6,7 +6,8 @@
 #     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [decode] [decode-quick] [engine]
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [prefill] [decode] [decode-quick] [engine]
+#   [engine-131k-POLICY] [tune-131k]
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -25,6 +26,14 @@ for what in "${@:-tests}"; do
       k="node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 32768"
       $k --policies dense --vram-budget none > "$OUT/engine-32k-dense.json" 2> "$OUT/engine.err"
       $k --policies specache,tiered,exact --vram-budget 10% > "$OUT/engine-32k.json" 2>> "$OUT/engine.err" ;;
+    prefill) node dist/bench/cuda-prefill.js > "$OUT/cuda-prefill.log" 2>&1 ;;
+    engine-131k-*) # one policy at 131000 tokens of context (the 131072 limit, less the steps): a prefill, then 16 steps
+      p=${what#engine-131k-}; b=10%; [ "$p" = dense ] && b=none
+      node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 131000 \
+        --policies "$p" --vram-budget $b > "$OUT/engine-131k-$p.json" 2> "$OUT/engine-131k-$p.err" ;;
+    tune-131k) # the tuning check: the 8B shape at 131000 tokens under 1.6 GiB of KV, 3 settings confirmed
+      node dist/src/cli/main.js tune --shape llama-3.1-8b --backend cuda --context 131000 --vram-budget 1.6GiB \
+        --out "$OUT/tuned-8b-131k.json" > "$OUT/tune-131k.log" 2>&1 ;;
     *) echo "unknown step $what" >> "$OUT/errors.log" ;;
   esac
 done
