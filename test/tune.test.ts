@@ -176,6 +176,16 @@ describe('cost model', () => {
     expect(c.msPerStep).toBeCloseTo(2 * (1.9845632 + 0.5) + 1, 9);
   });
 
+  it('exact as the CUDA resident step runs it: sinks and window on the device, no selection, the rest on the CPU', () => {
+    const c = stepCost(S, 1000, 1, { policy: 'exact', knobs: { sinks: 4, window: 64 }, cpuThreads: 1, deviceBytes: 0 }, C);
+    // hot = 68 tokens, nothing selected: device = 2 x 68 x 64 B at 100 GB/s; only the new token misses.
+    expect(c.layer.deviceMs).toBeCloseTo((2 * 68 * 64) / 1e8, 12);
+    expect(c.missesPerHead).toBe(1);
+    // cpu: 2 x 932 x 64 B at 1 GB/s = 0.119296, + 0.1.
+    expect(c.layer.cpuMs).toBeCloseTo(0.219296, 9);
+    expect(Number.isFinite(c.msPerStep)).toBe(true);
+  });
+
   it('specache: two rows per sequence, the device works twice, prefetched copies overlap', () => {
     const c = stepCost(S, 1000, 2, { policy: 'specache', knobs: SPLIT, cpuThreads: 1, deviceBytes: 0 }, C);
     // 4 (sequence, head) pairs. select: 4 x 992 / 1000 = 3.968; hot: 4 x 100 x 64 B / 100 GB/s = 0.000256;

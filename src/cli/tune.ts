@@ -5,14 +5,16 @@ import { freemem, tmpdir, totalmem } from 'node:os';
 import { footprintWarning, shapeFootprint } from '../bench/footprint.js';
 import { runCase, type BenchRun } from '../bench/run.js';
 import { POLICIES, resolveEngineOptions, type EngineOptions, type PolicyName } from '../engine/options.js';
+import { RESIDENT_POLICIES } from '../engine/resident-run.js';
 import { KvoffArgumentError } from '../errors.js';
 import { resolveBudget } from '../eval/run-eval.js';
 import { HostKvCache } from '../kv/host-cache.js';
 import { parseModelConfig } from '../model/config.js';
-import { loadModel, type BackendName, type Model } from '../model/model.js';
+import { Model, loadModel, resolveBackend, type BackendName } from '../model/model.js';
 import { writeRandomModel } from '../model/random-model.js';
 import { shapeConfig } from '../model/shapes.js';
 import type { ModelConfig } from '../model/types.js';
+import { native } from '../native.js';
 import { formatBytes } from '../units.js';
 import { unitBytes } from '../tune/cost-model.js';
 import { measureConstants } from '../tune/measure.js';
@@ -43,10 +45,16 @@ export interface TuneFlags {
  */
 export const DEFAULT_TUNE_POLICIES: PolicyName[] = POLICIES.filter((p) => ['dense', 'cpu', 'offload-layer', 'exact'].includes(p));
 
+/**
+ * On CUDA the lossless policies whose step runs on the device (resident-run.ts). offload-layer stays on the
+ * host-side path there, whose prefill of a long trial context takes minutes: it is opt-in with --policies.
+ */
+export const DEFAULT_CUDA_TUNE_POLICIES: PolicyName[] = DEFAULT_TUNE_POLICIES.filter((p) => RESIDENT_POLICIES.includes(p));
+
 const TOP_N = 10; // settings kept in tuned.json besides each policy's best
 
 /** One of --model/--shape, the budget's syntax, the output path: all checked before anything is loaded. */
-function checkFlags(f: TuneFlags, steps: number): { policies: PolicyName[]; shapeJson: Record<string, unknown> | null } {
+function checkFlags(f: TuneFlags, steps: number, backend: 'cpu' | 'cuda'): { policies: PolicyName[]; shapeJson: Record<string, unknown> | null } {
   if (f.model !== undefined && f.shape !== undefined) throw new KvoffArgumentError('--model/--shape', 'one of --model or --shape, not both', `--model ${f.model} --shape ${f.shape}`);
   const shapeJson = f.shape !== undefined ? shapeConfig(f.shape) : null;
   try {
@@ -57,7 +65,8 @@ function checkFlags(f: TuneFlags, steps: number): { policies: PolicyName[]; shap
   }
   checkOutputPath('--out', f.out);
   if (shapeJson) checkContext(parseModelConfig(shapeJson, `--shape ${f.shape}`), f.context, steps);
-  return { policies: f.policies === undefined ? DEFAULT_TUNE_POLICIES : policyList(f.policies), shapeJson };
+  const defaults = backend === 'cuda' ? DEFAULT_CUDA_TUNE_POLICIES : DEFAULT_TUNE_POLICIES;
+  return { policies: f.policies === undefined ? defaults : policyList(f.policies), shapeJson };
 }
 
 function checkContext(c: ModelConfig, context: number, steps: number): void {
@@ -102,7 +111,8 @@ function candidateOf(r: Ranked, run: BenchRun | null, c: ModelConfig, batch: num
 
 export async function runTune(f: TuneFlags): Promise<void> {
   const steps = f.quick ? 3 : 8; // decode steps timed per confirmation run
-  const { policies, shapeJson } = checkFlags(f, steps);
+  const { policies, shapeJson } = checkFlags(f, steps, f.backend === 'cpu' || native().buildInfo().cuda.deviceCount === 0 ? 'cpu' : 'cuda');
+  const backend = resolveBackend(f.backend); // after the flags: throws, saying why, when CUDA is asked for and absent
   const progress = createProgress(!f.json);
   let shapeDir: string | null = null;
   let model: Model | null = null;
@@ -110,8 +120,14 @@ export async function runTune(f: TuneFlags): Promise<void> {
   const onSigint = () => ac.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
   try {
-    if (shapeJson) shapeDir = await writeShape(f.shape!, shapeJson, f.context + steps + 1, f.batch, progress);
-    model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
+    if (shapeJson && backend === 'cuda' && !policies.includes('infinigen')) {
+      // As in bench: a shape's random weights are made on the GPU (infinigen's calibration reads weight files).
+      progress.update(`random ${f.shape} weights on the GPU`, 0, 1);
+      model = await Model.randomOnDevice(parseModelConfig(shapeJson, `--shape ${f.shape}`), 1);
+    } else {
+      if (shapeJson) shapeDir = await writeShape(f.shape!, shapeJson, f.context + steps + 1, f.batch, progress);
+      model = await loadModel(shapeDir ?? f.model, { backend: f.backend, onProgress: (s, d, t) => progress.update(`loading ${s}`, d, t) });
+    }
     // The weight files stay until the end: a policy may read them again (infinigen calibrates from model.dir).
     const c = model.config;
     checkContext(c, f.context, steps);

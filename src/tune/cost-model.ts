@@ -147,13 +147,15 @@ export function stepCost(s: TuneShape, context: number, batch: number, cand: Cos
     case 'exact':
     case 'tiered':
     case 'specache': {
-      const hot = Math.min(n, k.sinks + k.window + k.topK);
-      const quantized = Math.floor(n / k.keyGroupSize) * k.keyGroupSize;
-      const rate = lowBitRate(c, k.bits);
+      // The device-resident exact (CUDA) keeps only sinks and window on the device: no top-k, nothing selected.
+      const topK = k.topK ?? 0;
+      const hot = Math.min(n, (k.sinks ?? 0) + (k.window ?? 0) + topK);
+      const quantized = topK > 0 && k.keyGroupSize ? Math.floor(n / k.keyGroupSize) * k.keyGroupSize : 0;
+      const rate = lowBitRate(c, k.bits ?? 0);
       const hotMs = transferMs(heads * hot * u, c.deviceReadGBs);
       const selectMs = tokensMs(heads * quantized, rate.scoreTokPerMs);
       // The newest token enters the recent window each step, so it always misses; of the top-k, missRate does.
-      missesPerHead = Math.min(hot, 1 + c.missRate * Math.min(k.topK, Math.max(0, quantized - k.sinks)));
+      missesPerHead = Math.min(hot, 1 + c.missRate * Math.min(topK, Math.max(0, quantized - (k.sinks ?? 0))));
       copyMs = transferMs(heads * missesPerHead * u, c.gatherGBs);
       if (cand.policy === 'exact') {
         device = selectMs + hotMs;

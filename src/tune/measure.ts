@@ -3,13 +3,14 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { HostArena } from '../arena.js';
-import type { Machine } from '../bench/machine.js';
+import { cudaProbe } from '../bench/cuda-probe.js';
+import type { DeviceProbe, Machine } from '../bench/machine.js';
 import { runCase, type BenchRun } from '../bench/run.js';
 import { CpuAttentionPool } from '../cpu-attention.js';
 import { resolveEngineOptions, type PolicyName } from '../engine/options.js';
 import { doctor, type DoctorReport } from '../hardware/doctor.js';
 import { threadCounts } from '../hardware/memcpy-threads.js';
-import { KvoffBackendError, type Model } from '../model/model.js';
+import type { Model } from '../model/model.js';
 import { f32ToF16 } from '../kernels/half.js';
 import { native, type KvRegion } from '../native.js';
 import { stepCost, unitBytes, type CostConstants, type LowBitRate, type Residual, type ThreadRate, type TuneShape } from './cost-model.js';
@@ -33,11 +34,13 @@ export interface Measured {
   failed: Record<string, string>; // policies whose trial run threw, with the message
 }
 
-// Full sizes outgrow the last-level cache, as doctor's do; quick sizes take milliseconds.
+// Full sizes outgrow the last-level cache, as doctor's do; quick sizes take milliseconds. On CUDA the policies' trial
+// runs are longer: a step's fixed cost (launches, the dense layers) hides the per-token slope below a few thousand.
 const SIZES = {
   full: { kvBytes: 128 << 20, lowBitTokens: 1 << 16, gatherUnits: 1 << 14, reps: 5, denseContext: 64, denseSteps: 8, policyContexts: [128, 1024], policySteps: 6 },
   quick: { kvBytes: 2 << 20, lowBitTokens: 4096, gatherUnits: 512, reps: 2, denseContext: 16, denseSteps: 3, policyContexts: [128, 256], policySteps: 4 },
 };
+const CUDA_POLICY_CONTEXTS = { full: [4096, 16384], quick: [512, 2048] };
 
 const KEY_GROUP = 32; // the split policies' default; the kernels' speed per token hardly depends on it
 const HOT_TOKENS = 4 + 64 + 64; // sinks + window + top-k: the k a selection asks top-k for
@@ -83,16 +86,33 @@ class SyntheticKv {
   }
 }
 
-/** The bench's Machine from doctor's figures: the confirmation runs report their bound against it. */
-function machineOf(r: DoctorReport, backend: 'cpu' | 'cuda'): Machine {
+type Probed = Awaited<ReturnType<DeviceProbe>>;
+
+/** The bench's Machine from doctor's figures (and on CUDA the device probe's): the confirmation runs' bound divides by it. */
+function machineOf(r: DoctorReport, backend: 'cpu' | 'cuda', probe: Probed | null): Machine {
   const top = r.memcpy.rows[r.memcpy.rows.length - 1];
-  const pcie = backend === 'cuda' && r.transfer.ok ? r.transfer.h2dGbPerS : top.gbPerS;
-  return {
-    backend, cpuModel: r.cpu.model, cpuCount: r.cpu.cores, totalMemBytes: totalmem(), simd: r.cpu.simd,
-    memcpy: { threads: top.threads, bytesPerThread: Math.floor(top.bytes / top.threads), copyGBs: top.gbPerS, readWriteGBs: top.readWriteGbPerS },
-    deviceGBs: top.readWriteGbPerS, pcieGBs: pcie, hostGBs: top.readWriteGbPerS,
-    sources: { deviceGBs: 'host memcpy r+w (cpu backend)', pcieGBs: backend === 'cuda' ? 'pinned H2D (doctor)' : 'host memcpy copy (cpu backend)', hostGBs: 'host memcpy r+w' },
-  };
+  const memcpy = { threads: top.threads, bytesPerThread: Math.floor(top.bytes / top.threads), copyGBs: top.gbPerS, readWriteGBs: top.readWriteGbPerS };
+  const base = { backend, cpuModel: r.cpu.model, cpuCount: r.cpu.cores, totalMemBytes: totalmem(), simd: r.cpu.simd, memcpy, hostGBs: top.readWriteGbPerS };
+  if (probe) {
+    return { ...base, deviceGBs: probe.deviceGBs, pcieGBs: probe.pcieGBs, sources: { deviceGBs: probe.source, pcieGBs: probe.source, hostGBs: 'host memcpy r+w' } };
+  }
+  return { ...base, deviceGBs: top.readWriteGbPerS, pcieGBs: top.gbPerS, sources: { deviceGBs: 'host memcpy r+w (cpu backend)', pcieGBs: 'host memcpy copy (cpu backend)', hostGBs: 'host memcpy r+w' } };
+}
+
+/**
+ * The low-bit kernels on the GPU, from the device bandwidth: scoring reads one token-head's packed keys and their
+ * share of the per-channel zero/scale; attention reads keys and values. Bandwidth-bound estimates: the residual fit
+ * of each policy's trial runs takes up what they miss (launches, top-k, the merge).
+ */
+function deviceLowBit(D: number, deviceGBs: number): CostConstants['lowBit'] {
+  const out: CostConstants['lowBit'] = {};
+  for (const bits of [1, 2, 4] as const) {
+    if ((D * bits) % 8 !== 0) continue;
+    const keyBytes = (D * bits) / 8 + (4 * D) / KEY_GROUP; // packed key + f16 zero and scale per channel per group
+    const perMs = (deviceGBs * 1e6) / keyBytes;
+    out[String(bits) as '1' | '2' | '4'] = { scoreTokPerMs: perMs, attendTokPerMs: perMs / 2 };
+  }
+  return out;
 }
 
 /** Low-bit selection (score every key, then top-k) and low-bit attention over `tokens` tokens of one head. */
@@ -138,8 +158,11 @@ async function measurePool(kv: SyntheticKv, G: number, threads: number, reps: nu
     const dispatchMs = await timeMs(Math.max(reps, 5), () => pool.attend({ ...base, numTokens: kv.region.blockSize, q, out, lse }));
     const exclude = Int32Array.from({ length: kv.tokens }, (_, i) => i);
     const skipMs = await timeMs(reps, () => pool.attend({ ...base, numTokens: kv.tokens, q, out, lse, exclude }));
-    // Rates over whole requests (round trip included): subtracting the round trip would blow up under noise.
-    return { threads, attnGBs: gbs(bytes, attnMs), skipGBs: gbs(bytes, skipMs), dispatchMs };
+    // The model charges dispatchMs once per request on top of bytes / rate, so the rate leaves the round trip out;
+    // it is at most half the request (a noisy round trip must not blow the rate up). On the H100 machine the round
+    // trip was a fifth of a 128 MiB request, and counting it twice put 131k predictions 30% over the measured steps.
+    const net = (ms: number) => Math.max(ms - dispatchMs, ms / 2);
+    return { threads, attnGBs: gbs(bytes, net(attnMs)), skipGBs: gbs(bytes, net(skipMs)), dispatchMs };
   } finally {
     await pool.dispose();
   }
@@ -147,7 +170,8 @@ async function measurePool(kv: SyntheticKv, G: number, threads: number, reps: nu
 
 /**
  * Every constant of the cost model, measured now. The cpu backend's "device" is the main thread over a host
- * arena, so device-tier reads are one thread's native attention; a CUDA build would need a device probe.
+ * arena, so device-tier reads are one thread's native attention; on CUDA they are the GPU's memory bandwidth and
+ * misses come over PCIe, both measured by the bench's device probe, and the CPU part is the worker pool as on the CPU.
  */
 export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o: MeasureOptions = {}): Promise<Measured> {
   const size = o.quick ? SIZES.quick : SIZES.full;
@@ -165,35 +189,37 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
 
   stage(0);
   const report = await doctor({ backend, quick: o.quick });
-  if (backend === 'cuda') throw new KvoffBackendError('cuda', 'kvoff tune has no probe of device-tier read bandwidth on CUDA yet; use --backend cpu');
   const oneThread = report.memcpy.rows[0];
-  const machine = machineOf(report, backend);
+  const probe = backend === 'cuda' ? await cudaProbe() : null;
+  const machine = machineOf(report, backend, probe);
 
   stage(1);
-  const kernels = await measureKernels(H, D, G, blockSize, size, (i) => stage(i));
+  const host = await measureKernels(H, D, G, blockSize, size, (i) => stage(i));
+  const kernels = probe ? { ...host, deviceReadGBs: probe.deviceGBs, gatherGBs: probe.pcieGBs, lowBit: deviceLowBit(D, probe.deviceGBs) } : host;
+  const policyContexts = probe ? CUDA_POLICY_CONTEXTS[o.quick ? 'quick' : 'full'] : size.policyContexts;
 
   stage(4);
   const dense = await measureDense(model, machine, size.denseContext, size.denseSteps, o.signal);
   const formulas: CostConstants = {
-    backend, deviceReadGBs: kernels.deviceReadGBs, linkGBs: oneThread.gbPerS, gatherGBs: kernels.gatherGBs, lowBit: kernels.lowBit,
+    backend, deviceReadGBs: kernels.deviceReadGBs, linkGBs: probe ? probe.pcieGBs : oneThread.gbPerS, gatherGBs: kernels.gatherGBs, lowBit: kernels.lowBit,
     cpu: kernels.cpu, denseLayerMs: dense.layerMs, denseRowMs: dense.rowMs, stepOverheadMs: dense.overheadMs, missRate: DEFAULT_MISS_RATE,
     residual: {},
   };
 
   stage(5);
-  const { residual, failed } = await fitResiduals(model, machine, formulas, o.policies ?? [], size.policyContexts, size.policySteps, o.signal);
+  const { residual, failed } = await fitResiduals(model, machine, formulas, o.policies ?? [], policyContexts, size.policySteps, o.signal);
   o.onProgress?.(`measuring ${stages[5]}`, stages.length, stages.length);
   const sources = {
-    deviceReadGBs: `one thread's native attention over ${kernels.tokens} tokens x ${H} KV heads (cpu backend: the device tier is host memory read by the main thread)`,
-    linkGBs: 'host memcpy, 1 thread (cpu backend: a "copy to the device" is a host copy)',
-    gatherGBs: `kvGather of ${kernels.units} scattered (token, head) units of ${u} B`,
-    lowBit: `native KIVI score + top-k and low-bit attention over ${size.lowBitTokens} tokens of one head`,
+    deviceReadGBs: probe ? `the GPU's device copy (read + write): ${probe.source}` : `one thread's native attention over ${kernels.tokens} tokens x ${H} KV heads (cpu backend: the device tier is host memory read by the main thread)`,
+    linkGBs: probe ? `pinned H2D: ${probe.source}` : 'host memcpy, 1 thread (cpu backend: a "copy to the device" is a host copy)',
+    gatherGBs: probe ? 'pinned H2D (the zero-copy gather of 256- and 512-byte units reaches 0.8-0.9 of it on the H100)' : `kvGather of ${kernels.units} scattered (token, head) units of ${u} B`,
+    lowBit: probe ? `the device bandwidth over the packed keys (and values) with their zero/scale, per token-head: an estimate the residual fit corrects` : `native KIVI score + top-k and low-bit attention over ${size.lowBitTokens} tokens of one head`,
     cpu: `the worker pool over ${kernels.tokens} tokens x ${H} KV heads, at 1, 2, 4, ... up to all cores`,
     denseLayerMs: `dense decode steps at context ${size.denseContext}: engine deviceMs / steps / layers`,
     denseRowMs: 'the same at batch 2, less batch 1, per layer',
     stepOverheadMs: 'dense step wall time less its deviceMs and cpuAttnMs',
     missRate: 'assumed; the confirmation runs report the measured misses',
-    residual: `runs of each policy at contexts ${size.policyContexts.join(' and ')} (uncapped, default knobs, the faster of two at each), less the model's prediction, per layer and KV head, as a line in the context`,
+    residual: `runs of each policy at contexts ${policyContexts.join(' and ')} (uncapped, default knobs, the faster of two at each), less the model's prediction, per layer and KV head, as a line in the context`,
   };
   return { constants: { ...formulas, residual }, sources, machine, failed };
 }
@@ -282,6 +308,10 @@ async function fitResiduals(model: Model, machine: Machine, constants: CostConst
       continue;
     }
     if (r1 === null || r2 === null) continue; // the search finds it unfit as well, or charges nothing extra
+    if (!Number.isFinite(r1) || !Number.isFinite(r2)) {
+      failed[policy] = `the cost model has no finite prediction for its trial runs (${r1}, ${r2} ms residual)`;
+      continue;
+    }
     const slope = n2 > n1 ? Math.max(0, (r2 - r1) / (n2 - n1)) : 0; // ms per token
     residual[policy] = { fixedMs: Math.max(0, r1 - slope * n1), msPerKTokens: slope * 1000 };
   }
