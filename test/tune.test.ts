@@ -160,6 +160,9 @@ describe('cost model', () => {
     const residual = { cpu: { fixedMs: 0.05, msPerKTokens: 0.01 } };
     const withResidual = stepCost(S, 1000, 1, { policy: 'cpu', knobs: {}, cpuThreads: 2, deviceBytes: 0 }, { ...C, residual });
     expect(withResidual.msPerStep).toBeCloseTo(2.328 + 2 * 2 * 0.06, 9);
+    // Held flat past the longer trial context: at 1000 tokens, a line fitted up to 500 charges what it charges at 500.
+    const flat = stepCost(S, 1000, 1, { policy: 'cpu', knobs: {}, cpuThreads: 2, deviceBytes: 0 }, { ...C, residual: { cpu: { ...residual.cpu, upToTokens: 500 } } });
+    expect(flat.msPerStep).toBeCloseTo(2.328 + 2 * 2 * 0.055, 9);
   });
 
   it('exact: low-bit selection and the hot set on the device, the rest on the CPU, misses fetched first', () => {

@@ -43,10 +43,15 @@ export interface CostConstants {
   residual: Record<string, Residual>;
 }
 
-/** Residual cost per (sequence, layer, KV head) at n tokens: fixedMs + msPerKTokens * n / 1000. */
+/**
+ * Residual cost per (sequence, layer, KV head) at n tokens: fixedMs + msPerKTokens * min(n, upToTokens) / 1000.
+ * The line is fitted between two short trial contexts and held flat past the longer one: on the H100, a slope
+ * fitted at 4k and 16k and carried to 131k charged exact 500 ms a step it never spent (predicted 2.4x measured).
+ */
 export interface Residual {
   fixedMs: number;
   msPerKTokens: number;
+  upToTokens?: number; // the longer trial context; absent: the line goes on
 }
 
 /** One setting the search considers: a policy, its knobs, the CPU threads, and the device-tier bytes planned for it. */
@@ -94,7 +99,7 @@ function lowBitRate(c: CostConstants, bits: number): LowBitRate {
   return c.lowBit[String(bits) as '1' | '2' | '4'] ?? { scoreTokPerMs: 0, attendTokPerMs: 0 };
 }
 
-const residualMs = (r: Residual | undefined, n: number): number => (r ? r.fixedMs + (r.msPerKTokens * n) / 1000 : 0);
+const residualMs = (r: Residual | undefined, n: number): number => (r ? r.fixedMs + (r.msPerKTokens * Math.min(n, r.upToTokens ?? Infinity)) / 1000 : 0);
 
 const tokensMs = (tokens: number, perMs: number): number => (tokens <= 0 ? 0 : perMs > 0 ? tokens / perMs : Infinity);
 

@@ -219,7 +219,7 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
     denseRowMs: 'the same at batch 2, less batch 1, per layer',
     stepOverheadMs: 'dense step wall time less its deviceMs and cpuAttnMs',
     missRate: 'assumed; the confirmation runs report the measured misses',
-    residual: `runs of each policy at contexts ${policyContexts.join(' and ')} (uncapped, default knobs, the faster of two at each), less the model's prediction, per layer and KV head, as a line in the context`,
+    residual: `runs of each policy at contexts ${policyContexts.join(' and ')} (uncapped, default knobs, the faster of two at each), less the model's prediction, per layer and KV head, as a line in the context held flat past the longer one`,
   };
   return { constants: { ...formulas, residual }, sources, machine, failed };
 }
@@ -313,7 +313,7 @@ async function fitResiduals(model: Model, machine: Machine, constants: CostConst
       continue;
     }
     const slope = n2 > n1 ? Math.max(0, (r2 - r1) / (n2 - n1)) : 0; // ms per token
-    residual[policy] = { fixedMs: Math.max(0, r1 - slope * n1), msPerKTokens: slope * 1000 };
+    residual[policy] = { fixedMs: Math.max(0, r1 - slope * n1), msPerKTokens: slope * 1000, upToTokens: n2 };
   }
   return { residual, failed };
 }

@@ -19,7 +19,7 @@ export const CostConstantsSchema = z.object({
   denseRowMs: nonNegative,
   stepOverheadMs: nonNegative,
   missRate: z.number().min(0).max(1),
-  residual: z.record(z.string(), z.object({ fixedMs: nonNegative, msPerKTokens: nonNegative }).strict()),
+  residual: z.record(z.string(), z.object({ fixedMs: nonNegative, msPerKTokens: nonNegative, upToTokens: nonNegative.optional() }).strict()),
 }).strict();
 
 export const TunedCandidateSchema = z.object({
