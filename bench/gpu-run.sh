@@ -6,7 +6,7 @@
 #     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [prefill] [decode] [decode-quick] [engine]
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [prefill] [lowbit] [decode] [decode-quick] [engine]
 #   [engine-131k-POLICY] [tune-131k]
 set -u
 OUT=${OUT:-gpu-out}
@@ -27,6 +27,7 @@ for what in "${@:-tests}"; do
       $k --policies dense --vram-budget none > "$OUT/engine-32k-dense.json" 2> "$OUT/engine.err"
       $k --policies specache,tiered,exact --vram-budget 10% > "$OUT/engine-32k.json" 2>> "$OUT/engine.err" ;;
     prefill) node dist/bench/cuda-prefill.js > "$OUT/cuda-prefill.log" 2>&1 ;;
+    lowbit) node dist/bench/cuda-lowbit.js > "$OUT/cuda-lowbit.log" 2>&1 ;;
     engine-131k-*) # one policy at 131000 tokens of context (the 131072 limit, less the steps): a prefill, then 16 steps
       p=${what#engine-131k-}; b=10%; [ "$p" = dense ] && b=none
       node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 131000 \

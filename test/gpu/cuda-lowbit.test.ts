@@ -436,6 +436,27 @@ describe.skipIf(!gpuUsable)('cudaKiviAttend', () => {
         }
       }, 60_000);
 
+  // One value group a token (specache's and tiered's shape: the zero term folded per row, the scale into p), every
+  // range case, both key group sizes, every width, and the row counts the resident steps use.
+  for (const bits of [1, 2, 4] as const)
+    for (const D of [32, 64, 128] as const)
+      it(`matches kiviAttendRef with one value group a token: ${bits} bits, head_dim ${D}`, async () => {
+        for (const KG of [32, 64] as const) {
+          const ng = Math.ceil(1300 / KG);
+          const n = ng * KG;
+          const cp = attendCopy(bits, D, KG, D, 2, ng, seed++);
+          for (const [G, R] of [[4, 1], [8, 1], [4, 2], [8, 2], [3, 2], [4, 4]]) {
+            const base = { G: G!, rows: R! };
+            await checkAttend(cp, { ...base, first: 0, end: n, exclude: 'none' }, seed++);
+            await checkAttend(cp, { ...base, first: 37, end: n - 5, exclude: 'some' }, seed++);
+            await checkAttend(cp, { ...base, first: 500, end: 540, exclude: 'some', scale: 0.5 }, seed++);
+            await checkAttend(cp, { ...base, first: 5, end: 6, exclude: 'none' }, seed++);
+            await checkAttend(cp, { ...base, first: 9, end: 9, exclude: 'none' }, seed++);
+            await checkAttend(cp, { ...base, first: 3, end: 2 * KG, exclude: 'all' }, seed++);
+          }
+        }
+      }, 120_000);
+
   it('runs the 8B Llama layer shape (8 KV heads x 4, head_dim 128, 2-bit, 16 chunks) on a user stream', async () => {
     const stream = native().cudaStreamCreate();
     streams.push(stream);
