@@ -244,4 +244,17 @@ describe('search', () => {
     // Ranked by speed alone, a lossy policy would win at its cheapest knobs: the default search is lossless only.
     expect(DEFAULT_TUNE_POLICIES).toEqual(['dense', 'cpu', 'offload-layer', 'exact']);
   });
+
+  it('on CUDA plans exact as its device-resident step: sinks and window only, at what they cost there', () => {
+    const shape: PlanShape = { ...S, dtype: 'bf16', blockSize: 16 };
+    const input = { shape, context: 1000, capacityTokens: 1009, batch: 1, budgetBytes: 1 << 20, policies: ['exact'] as const };
+    const host = searchSettings({ ...input, policies: ['exact'], constants: C }).ranked;
+    const cuda = searchSettings({ ...input, policies: ['exact'], constants: { ...C, backend: 'cuda' } }).ranked;
+    expect(host.some((r) => 'topK' in r.knobs)).toBe(true);
+    expect(new Set(cuda.map((r) => JSON.stringify(r.knobs)))).toEqual(new Set([JSON.stringify({ sinks: 4, window: 64 })]));
+    // The hot rows of both layers plus the partials: far less than the host-side plan's low-bit copy and hot set.
+    for (const r of cuda) expect(r.deviceBytes).toBeLessThan(Math.min(...host.map((h) => h.deviceBytes)));
+    // A batch takes the host-side path on CUDA too, so it is planned as such.
+    expect(searchSettings({ ...input, batch: 2, policies: ['exact'], constants: { ...C, backend: 'cuda' } }).ranked.some((r) => 'topK' in r.knobs)).toBe(true);
+  });
 });

@@ -5,6 +5,8 @@ import { POLICY_SPECS, type Knobs, type SeqShape } from '../engine/policies.js';
 import type { PolicyName } from '../engine/options.js';
 import { HostKvCache } from '../kv/host-cache.js';
 import type { KvDtype } from '../native.js';
+import { exactDeviceBytes } from '../cuda/resident-attention.js';
+import type { ModelConfig } from '../model/types.js';
 import { stepCost, usesCpuPool, type CostConstants, type StepCost, type TuneShape } from './cost-model.js';
 
 /** The KV layout the engine would use: its default block size and dtype. */
@@ -68,6 +70,25 @@ function runParts(input: SearchInput, policy: PolicyName, knobs: Knobs): TierPar
   return [...sharedParts(input, policy), ...Array.from({ length: input.batch }, () => perSeq).flat()];
 }
 
+/**
+ * On CUDA one sequence of exact runs the device-resident step (resident-run.ts): only sinks and window live on the
+ * device, so its low-bit knobs size nothing. The settings are its candidates' (sinks, window), and what they cost
+ * there, instead of the host-side plan's hot set and low-bit copy.
+ */
+function residentExact(input: SearchInput): Array<{ knobs: Knobs; bytes: number }> | null {
+  if (input.constants.backend !== 'cuda' || input.batch !== 1) return null;
+  const s = input.shape;
+  const config = { numLayers: s.numLayers, numKvHeads: s.numKvHeads, numHeads: s.numKvHeads * s.groupSize, headDim: s.headDim } as ModelConfig;
+  const seen = new Set<string>();
+  return POLICY_SPECS.exact!.candidates({}).flatMap((k) => {
+    const hot = { sinks: k.sinks, window: k.window };
+    const key = `${hot.sinks},${hot.window}`;
+    if (seen.has(key)) return [];
+    seen.add(key);
+    return [{ knobs: hot, bytes: exactDeviceBytes(config, hot) }];
+  });
+}
+
 /** The knob settings to try: the policy's budget fit (if it has one) and its candidates, without repeats. */
 function knobSettings(input: SearchInput, policy: PolicyName): Knobs[] {
   const spec = POLICY_SPECS[policy]!;
@@ -110,10 +131,12 @@ export function searchSettings(input: SearchInput): { ranked: Ranked[]; unfit: U
     let smallest: number | null = null;
     let error: string | null = null;
     let fits = 0;
-    for (const knobs of knobSettings(input, policy)) {
-      let plan: ReturnType<typeof planTier>;
+    const resident = policy === 'exact' ? residentExact(input) : null;
+    const settings = resident ? resident.map((r) => r.knobs) : knobSettings(input, policy);
+    for (const [i, knobs] of settings.entries()) {
+      let plan: { ok: boolean; needed: number };
       try {
-        plan = planTier(runParts(input, policy, knobs), cap);
+        plan = resident ? { ok: resident[i].bytes <= cap, needed: resident[i].bytes } : planTier(runParts(input, policy, knobs), cap);
       } catch (err) {
         // What RunKv would refuse too, e.g. a bit width the head dimension cannot pack, or an empty part.
         error = (err as Error).message;
