@@ -14,6 +14,7 @@ import { POLICIES } from '../src/engine/options.js';
 import { parseModelConfig } from '../src/model/config.js';
 import { writeRandomModel } from '../src/model/random-model.js';
 import { SHAPE_NAMES, shapeConfig } from '../src/model/shapes.js';
+import { native } from '../src/native.js';
 import { stepCost, type CostConstants, type TuneShape } from '../src/tune/cost-model.js';
 import { engineKnobs, searchSettings, type PlanShape } from '../src/tune/search.js';
 
@@ -63,6 +64,15 @@ describe('kvoff tune flags', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(message);
     expect(r.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
+  }, LONG);
+
+  it.skipIf(native().buildInfo().cuda.deviceCount > 0)('--backend cuda without a GPU fails at once, after the flags, and says why', async () => {
+    const out = join(tmp, 'no-gpu.json');
+    const r = await kvoff([...tiny, '--backend', 'cuda', '--out', out]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/Expected a usable backend for --backend but received "cuda": /);
+    expect(r.stderr).not.toMatch(/at .*\.js:\d+/);
+    expect(existsSync(out)).toBe(false);
   }, LONG);
 
   it('a budget no policy fits fails with the smallest that works, and writes nothing', async () => {
