@@ -14,7 +14,6 @@ import { Model, loadModel, resolveBackend, type BackendName } from '../model/mod
 import { writeRandomModel } from '../model/random-model.js';
 import { shapeConfig } from '../model/shapes.js';
 import type { ModelConfig } from '../model/types.js';
-import { native } from '../native.js';
 import { formatBytes } from '../units.js';
 import { unitBytes } from '../tune/cost-model.js';
 import { measureConstants } from '../tune/measure.js';
@@ -111,7 +110,7 @@ function candidateOf(r: Ranked, run: BenchRun | null, c: ModelConfig, batch: num
 
 export async function runTune(f: TuneFlags): Promise<void> {
   const steps = f.quick ? 3 : 8; // decode steps timed per confirmation run
-  const { policies, shapeJson } = checkFlags(f, steps, f.backend === 'cpu' || native().buildInfo().cuda.deviceCount === 0 ? 'cpu' : 'cuda');
+  const { policies, shapeJson } = checkFlags(f, steps, f.backend === 'cpu' ? 'cpu' : resolveBackend('auto'));
   const backend = resolveBackend(f.backend); // after the flags: throws, saying why, when CUDA is asked for and absent
   const progress = createProgress(!f.json);
   let shapeDir: string | null = null;

@@ -2,7 +2,7 @@
 import { KvoffError } from '../errors.js';
 import { f16ToF32, f32ToBf16 } from '../kernels/half.js';
 import { layerWeightNames } from '../model/onnx/builder.js';
-import { tensorElements } from '../model/tensor.js';
+import { tensorElements, toFloat32 } from '../model/tensor.js';
 import type { ModelConfig, RawTensor, WeightMap } from '../model/types.js';
 import { native } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
@@ -27,14 +27,6 @@ export function weightLayout(c: ModelConfig): DeviceLayout {
   layout.add('norm', c.hiddenSize * 2);
   layout.add('lmHead', c.vocabSize * c.hiddenSize * 2);
   return layout;
-}
-
-/** A stored tensor widened to f32 (exact from bf16 and f16). */
-function toF32(t: RawTensor): Float32Array {
-  const n = tensorElements(t.shape);
-  if (t.dtype === 'f32') return new Float32Array(new Uint8Array(t.data).buffer.slice(0), 0, n);
-  const src = new Uint16Array(new Uint8Array(t.data).buffer, 0, n);
-  return t.dtype === 'bf16' ? new Float32Array(Uint32Array.from(src, (b) => b << 16).buffer) : Float32Array.from(src, f16ToF32);
 }
 
 /** A stored tensor as bf16 bits: bf16 as is, f32 and f16 rounded to nearest even. */
@@ -76,7 +68,7 @@ export function uploadWeights(c: ModelConfig, weights: WeightMap, onLayer?: (don
         const bias = (name: string): Float32Array => {
           const t = weights.get(name);
           if (!t) throw new KvoffError('KVOFF_E_MODEL_FORMAT', `Expected tensor ${name} but it is missing`);
-          return toF32(t);
+          return toFloat32(t);
         };
         write(`${l}.qkvBias`, [bias(n.qBias), bias(n.kBias), bias(n.vBias)]);
       }

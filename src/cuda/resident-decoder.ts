@@ -158,12 +158,14 @@ export class ResidentDecoder {
       mark?.('o projection + MLP');
     }
     this.#kernels.head(a, rows);
-    native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
     const sm = this.#sampler;
     if (sm) {
       // Row 0 is drawn; row 1 (the speculative guess) keeps its argmax: a guess only steers the prefetch.
       const draw = { temperature: sm.temperature, topK: sm.topK, topP: sm.topP, u: sm.random() };
       native().cudaSample({ x: a.ref('logits'), n: c.vocabSize, ...draw, out: a.ref('ids'), scratch: this.#sampleScratch!.ref('scratch'), stream });
+      if (rows === 2) native().cudaArgmax({ x: a.ref('logits', c.vocabSize * 4), m: 1, n: c.vocabSize, out: a.ref('ids', 4), stream });
+    } else {
+      native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
     }
     mark?.('lm head + choice');
     this.enqueueMs = performance.now() - t0;

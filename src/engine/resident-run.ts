@@ -40,6 +40,15 @@ interface Candidate {
   build: (host: HostKv | null, stream: number, copyStream: number) => ResidentAttention;
 }
 
+/**
+ * The resident exact's one setting: it keeps only sinks and window on the device and the CPU workers attend the
+ * rest, so the low-bit knobs (topK, bits, keyGroupSize) have nothing to size. (tune plans it from this too.)
+ */
+export function residentExactHot(spec: PolicySpec, given: Knobs): { sinks: number; window: number } {
+  const k = spec.candidates(given)[0];
+  return { sinks: k.sinks, window: k.window };
+}
+
 function candidates(r: ResidentRunRequest): Candidate[] {
   const c = r.model.config;
   const s = (stream: number) => ({ config: c, capacity: r.capacity, dtype: r.shape.dtype, stream });
@@ -48,13 +57,10 @@ function candidates(r: ResidentRunRequest): Candidate[] {
       return [{ knobs: {}, bytes: denseKvBytes(c, r.capacity), build: (_h, stream) => new DenseResident(s(stream)) }];
     case 'cpu':
       return [{ knobs: {}, bytes: exactDeviceBytes(c, { sinks: 0, window: 0 }), build: (h, stream) => new ExactResident(s(stream), { sinks: 0, window: 0 }, h!, r.pool) }];
-    case 'exact':
-      // The resident exact keeps only sinks and window on the device; everything else is attended by the CPU
-      // workers, so the low-bit knobs (topK, bits, keyGroupSize) have nothing to size.
-      return r.spec.candidates(r.given).slice(0, 1).map((k) => {
-        const hot = { sinks: k.sinks, window: k.window };
-        return { knobs: hot, bytes: exactDeviceBytes(c, hot), build: (h, stream) => new ExactResident(s(stream), hot, h!, r.pool) };
-      });
+    case 'exact': {
+      const hot = residentExactHot(r.spec, r.given);
+      return [{ knobs: hot, bytes: exactDeviceBytes(c, hot), build: (h, stream) => new ExactResident(s(stream), hot, h!, r.pool) }];
+    }
     case 'specache':
     case 'tiered':
       return r.spec.candidates(r.given).flatMap((k) => {

@@ -194,8 +194,7 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
   const machine = machineOf(report, backend, probe);
 
   stage(1);
-  const host = await measureKernels(H, D, G, blockSize, size, (i) => stage(i));
-  const kernels = probe ? { ...host, deviceReadGBs: probe.deviceGBs, gatherGBs: probe.pcieGBs, lowBit: deviceLowBit(D, probe.deviceGBs) } : host;
+  const kernels = await measureKernels(H, D, G, blockSize, size, (i) => stage(i), probe);
   const policyContexts = probe ? CUDA_POLICY_CONTEXTS[o.quick ? 'quick' : 'full'] : size.policyContexts;
 
   stage(4);
@@ -224,35 +223,46 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
   return { constants: { ...formulas, residual }, sources, machine, failed };
 }
 
-/** The native kernels and the worker pool over a synthetic KV of the model's head shape, freed before the model runs. */
-async function measureKernels(H: number, D: number, G: number, blockSize: number, size: (typeof SIZES)['full'], stage: (i: number) => void) {
-  const u = unitBytes(D);
+/**
+ * The device tier's rates and the worker pool over a synthetic KV of the model's head shape, freed before the model
+ * runs. On CUDA the device tier is the GPU's: the probe's figures stand in, and the host kernels are not timed.
+ */
+async function measureKernels(H: number, D: number, G: number, blockSize: number, size: (typeof SIZES)['full'], stage: (i: number) => void, probe: Probed | null) {
   const kv = new SyntheticKv(H, D, blockSize, size.kvBytes);
   try {
-    const q = new Float32Array(H * G * D).fill(0.01);
-    const out = new Float32Array(q.length);
-    const lse = new Float32Array(H * G);
-    const kvHeads = Int32Array.from({ length: H }, (_, h) => h);
-    const attendMs = await timeMs(size.reps, () => native().kvAttend({ ...kv.region, blockIds: kv.blockIds, numTokens: kv.tokens, kvHeads, groupSize: G, scale: 1 / Math.sqrt(D), q, out, lse }));
-    // Misses are scattered (token, head) units: one run each, the worst case of the gather.
-    const units = Math.min(size.gatherUnits, kv.tokens);
-    const positions = Int32Array.from({ length: units }, (_, i) => (Math.imul(i, 2654435761) >>> 0) % kv.tokens);
-    using dst = new HostArena(units * u, { pin: false });
-    const gatherMs = await timeMs(size.reps, () => native().kvGather({ ...kv.region, blockIds: kv.blockIds, kvHeads: Int32Array.of(0), n: units, positions, dst: { handle: dst.handle, offset: 0 } }));
-
-    stage(2);
-    const lowBit: CostConstants['lowBit'] = {};
-    for (const bits of [1, 2, 4] as const) {
-      if ((D * bits) % 8 === 0) lowBit[String(bits) as '1' | '2' | '4'] = await measureLowBit(bits, D, G, size.lowBitTokens, size.reps);
-    }
-
+    const tier = probe
+      ? { deviceReadGBs: probe.deviceGBs, gatherGBs: probe.pcieGBs, lowBit: deviceLowBit(D, probe.deviceGBs), units: 0 }
+      : await measureHostTier(kv, G, size, stage);
     stage(3);
     const cpu: ThreadRate[] = [];
     for (const threads of threadCounts(availableParallelism())) cpu.push(await measurePool(kv, G, threads, size.reps));
-    return { deviceReadGBs: gbs(kv.tokens * H * u, attendMs), gatherGBs: gbs(units * u, gatherMs), lowBit, cpu, tokens: kv.tokens, units };
+    return { ...tier, cpu, tokens: kv.tokens };
   } finally {
     kv.dispose();
   }
+}
+
+/** The CPU backend's device tier: one thread's native attention, scattered gathers and the low-bit kernels. */
+async function measureHostTier(kv: SyntheticKv, G: number, size: (typeof SIZES)['full'], stage: (i: number) => void) {
+  const { numKvHeads: H, headDim: D } = kv.region;
+  const u = unitBytes(D);
+  const q = new Float32Array(H * G * D).fill(0.01);
+  const out = new Float32Array(q.length);
+  const lse = new Float32Array(H * G);
+  const kvHeads = Int32Array.from({ length: H }, (_, h) => h);
+  const attendMs = await timeMs(size.reps, () => native().kvAttend({ ...kv.region, blockIds: kv.blockIds, numTokens: kv.tokens, kvHeads, groupSize: G, scale: 1 / Math.sqrt(D), q, out, lse }));
+  // Misses are scattered (token, head) units: one run each, the worst case of the gather.
+  const units = Math.min(size.gatherUnits, kv.tokens);
+  const positions = Int32Array.from({ length: units }, (_, i) => (Math.imul(i, 2654435761) >>> 0) % kv.tokens);
+  using dst = new HostArena(units * u, { pin: false });
+  const gatherMs = await timeMs(size.reps, () => native().kvGather({ ...kv.region, blockIds: kv.blockIds, kvHeads: Int32Array.of(0), n: units, positions, dst: { handle: dst.handle, offset: 0 } }));
+
+  stage(2);
+  const lowBit: CostConstants['lowBit'] = {};
+  for (const bits of [1, 2, 4] as const) {
+    if ((D * bits) % 8 === 0) lowBit[String(bits) as '1' | '2' | '4'] = await measureLowBit(bits, D, G, size.lowBitTokens, size.reps);
+  }
+  return { deviceReadGBs: gbs(kv.tokens * H * u, attendMs), gatherGBs: gbs(units * u, gatherMs), lowBit, units };
 }
 
 /** Dense steps of the real model at a short context, at batch 1 and 2: the graphs per layer and the rest. */

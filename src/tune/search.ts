@@ -6,6 +6,7 @@ import type { PolicyName } from '../engine/options.js';
 import { HostKvCache } from '../kv/host-cache.js';
 import type { KvDtype } from '../native.js';
 import { exactDeviceBytes } from '../cuda/resident-attention.js';
+import { residentExactHot } from '../engine/resident-run.js';
 import type { ModelConfig } from '../model/types.js';
 import { stepCost, usesCpuPool, type CostConstants, type StepCost, type TuneShape } from './cost-model.js';
 
@@ -72,21 +73,15 @@ function runParts(input: SearchInput, policy: PolicyName, knobs: Knobs): TierPar
 
 /**
  * On CUDA one sequence of exact runs the device-resident step (resident-run.ts): only sinks and window live on the
- * device, so its low-bit knobs size nothing. The settings are its candidates' (sinks, window), and what they cost
+ * device, so its low-bit knobs size nothing. Its one setting is resident-run's (sinks, window), at what it costs
  * there, instead of the host-side plan's hot set and low-bit copy.
  */
 function residentExact(input: SearchInput): Array<{ knobs: Knobs; bytes: number }> | null {
   if (input.constants.backend !== 'cuda' || input.batch !== 1) return null;
   const s = input.shape;
   const config = { numLayers: s.numLayers, numKvHeads: s.numKvHeads, numHeads: s.numKvHeads * s.groupSize, headDim: s.headDim } as ModelConfig;
-  const seen = new Set<string>();
-  return POLICY_SPECS.exact!.candidates({}).flatMap((k) => {
-    const hot = { sinks: k.sinks, window: k.window };
-    const key = `${hot.sinks},${hot.window}`;
-    if (seen.has(key)) return [];
-    seen.add(key);
-    return [{ knobs: hot, bytes: exactDeviceBytes(config, hot) }];
-  });
+  const hot = residentExactHot(POLICY_SPECS.exact!, {});
+  return [{ knobs: hot, bytes: exactDeviceBytes(config, hot) }];
 }
 
 /** The knob settings to try: the policy's budget fit (if it has one) and its candidates, without repeats. */

@@ -460,16 +460,8 @@ constexpr int kPrefillBM = 64;  // query rows (token, query head of the group) p
 constexpr int kPrefillBN = 32;  // KV rows per tile
 constexpr int kPrefillThreads = 256;
 
-struct PrefillParams {
-  const float* q;  // [T, H * G, D], token t at t * qRowStride
-  uint64_t qRowStride;
-  const uint16_t* kv;  // [H, capacity, 2, D]
-  uint64_t capacity;
-  float* out;  // [T, H * G, D]
-  float* lse;  // [T, H * G]
-  int T, start, H, G, D;
+struct PrefillParams : PrefillArgs {
   int QS;  // shared-memory row stride in floats: D rounded up to 4, plus 4 (16-byte rows, conflict-free float4 reads)
-  float qscale;
 };
 
 inline int prefill_row_stride(int D) { return (D + 3) / 4 * 4 + 4; }
@@ -884,39 +876,28 @@ CudaStatus cuda_attend_prefill(const AttendPrefillCall& c) {
   auto st = find_stream(c.stream);
   if (!st) return gone("stream", c.stream);
   if (c.T == 0) return {};
-  if (c.tensorCores && prefill_tc_supported(static_cast<int>(c.headDim), at<const uint16_t>(kv, c.kv))) {
-    PrefillTcParams p{};
-    p.q = at<const float>(q, c.q);
-    p.qRowStride = c.qRowStride;
-    p.kv = at<const uint16_t>(kv, c.kv);
-    p.capacity = c.capacity;
-    p.out = at<float>(out, c.out);
-    p.lse = at<float>(lse, c.lse);
-    p.T = static_cast<int>(c.T);
-    p.start = static_cast<int>(c.start);
-    p.H = static_cast<int>(c.numKvHeads);
-    p.G = static_cast<int>(c.groupSize);
-    p.D = static_cast<int>(c.headDim);
-    p.qscale = c.scale * kLog2e;
-    const cudaError_t err = launch_prefill_tc(p, c.dtype == KvDtype::BF16, st->s);
+  PrefillArgs a{};
+  a.q = at<const float>(q, c.q);
+  a.qRowStride = c.qRowStride;
+  a.kv = at<const uint16_t>(kv, c.kv);
+  a.capacity = c.capacity;
+  a.out = at<float>(out, c.out);
+  a.lse = at<float>(lse, c.lse);
+  a.T = static_cast<int>(c.T);
+  a.start = static_cast<int>(c.start);
+  a.H = static_cast<int>(c.numKvHeads);
+  a.G = static_cast<int>(c.groupSize);
+  a.D = static_cast<int>(c.headDim);
+  a.qscale = c.scale * kLog2e;
+  if (c.tensorCores && prefill_tc_supported(a.D, a.kv)) {
+    const cudaError_t err = launch_prefill_tc(a, c.dtype == KvDtype::BF16, st->s);
     if (err != cudaSuccess) return failed("the cudaAttendPrefill (tensor-core) kernel launch", err);
     hold(*st, {q, kv, out, lse});
     return {};
   }
   PrefillParams p{};
-  p.q = at<const float>(q, c.q);
-  p.qRowStride = c.qRowStride;
-  p.kv = at<const uint16_t>(kv, c.kv);
-  p.capacity = c.capacity;
-  p.out = at<float>(out, c.out);
-  p.lse = at<float>(lse, c.lse);
-  p.T = static_cast<int>(c.T);
-  p.start = static_cast<int>(c.start);
-  p.H = static_cast<int>(c.numKvHeads);
-  p.G = static_cast<int>(c.groupSize);
-  p.D = static_cast<int>(c.headDim);
+  static_cast<PrefillArgs&>(p) = a;
   p.QS = prefill_row_stride(p.D);
-  p.qscale = c.scale * kLog2e;
   const uint64_t tiles = (static_cast<uint64_t>(c.T) * c.groupSize + kPrefillBM - 1) / kPrefillBM;
   const dim3 grid(static_cast<unsigned>(tiles), c.numKvHeads);
   const cudaError_t err = c.dtype == KvDtype::BF16 ? launch_prefill<true>(p, grid, st->s) : launch_prefill<false>(p, grid, st->s);

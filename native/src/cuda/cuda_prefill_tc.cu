@@ -72,7 +72,7 @@ __device__ __forceinline__ void split16x2(float x0, float x1, uint32_t& head, ui
 // K/V tile. Warp w owns rows 16w..16w+15; in mma terms lane (g = lane / 4, c = lane % 4) holds rows g and g + 8,
 // score columns 2c, 2c + 1 of each 8-column block, and the same for its output columns.
 template <int D, bool BF16>
-__global__ void __launch_bounds__(kThreads) attend_prefill_tc_kernel(const PrefillTcParams p) {
+__global__ void __launch_bounds__(kThreads) attend_prefill_tc_kernel(const PrefillArgs p) {
   using Shape = TcShape<D>;
   constexpr int BN = Shape::BN, S = Shape::S, KC = D / 16, NT = BN / 8, DT = D / 8;
   extern __shared__ uint4 smem_tc[];
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) attend_prefill_tc_kernel(const Prefi
 }
 
 template <int D, bool BF16>
-cudaError_t launch_d(const PrefillTcParams& p, cudaStream_t stream) {
+cudaError_t launch_d(const PrefillArgs& p, cudaStream_t stream) {
   // Over 48 KB of dynamic shared memory needs an opt-in, once per kernel.
   static std::once_flag once;
   static cudaError_t attr = cudaSuccess;
@@ -271,7 +271,7 @@ cudaError_t launch_d(const PrefillTcParams& p, cudaStream_t stream) {
 }
 
 template <bool BF16>
-cudaError_t launch_t(const PrefillTcParams& p, cudaStream_t stream) {
+cudaError_t launch_t(const PrefillArgs& p, cudaStream_t stream) {
   switch (p.D) {
     case 32: return launch_d<32, BF16>(p, stream);
     case 64: return launch_d<64, BF16>(p, stream);
@@ -287,7 +287,7 @@ bool prefill_tc_supported(int headDim, const void* kv) {
   return dim && reinterpret_cast<uintptr_t>(kv) % 16 == 0;
 }
 
-cudaError_t launch_prefill_tc(const PrefillTcParams& p, bool bf16, cudaStream_t stream) {
+cudaError_t launch_prefill_tc(const PrefillArgs& p, bool bf16, cudaStream_t stream) {
   return bf16 ? launch_t<true>(p, stream) : launch_t<false>(p, stream);
 }
 

@@ -1,5 +1,5 @@
-// The tensor-core causal prefill kernel's parameters and launcher (cuda_prefill_tc.cu); cuda_attend_prefill picks it
-// over the f32 kernel wherever the head_dim and alignment allow.
+// Causal prefill's parameters (both kernels) and the tensor-core kernel's launcher (cuda_prefill_tc.cu);
+// cuda_attend_prefill picks it over the f32 kernel wherever the head_dim and alignment allow.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -7,7 +7,7 @@
 
 namespace kvoff {
 
-struct PrefillTcParams {
+struct PrefillArgs {
   const float* q;  // [T, H * G, D] f32, token t at t * qRowStride floats
   uint64_t qRowStride;
   const uint16_t* kv;  // [H, capacity, 2, D] 16-bit
@@ -21,6 +21,6 @@ struct PrefillTcParams {
 // Head dims 32, 64, 128 and 256 with a 16-byte-aligned KV base; anything else takes the f32 kernel.
 bool prefill_tc_supported(int headDim, const void* kv);
 
-cudaError_t launch_prefill_tc(const PrefillTcParams& p, bool bf16, cudaStream_t stream);
+cudaError_t launch_prefill_tc(const PrefillArgs& p, bool bf16, cudaStream_t stream);
 
 }  // namespace kvoff
