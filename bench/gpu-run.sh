@@ -6,7 +6,7 @@
 #     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [sanitizer] [kernels] [prefill] [lowbit] [decode] [decode-quick] [engine]
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [kernels] [prefill] [lowbit] [decode] [decode-quick] [engine]
 #   [engine-131k-POLICY] [tune-131k]
 set -u
 OUT=${OUT:-gpu-out}
@@ -16,6 +16,7 @@ vitest() { node node_modules/vitest/vitest.mjs run "$@"; }
 for what in "${@:-tests}"; do
   case "$what" in
     tests) vitest test/gpu 2>&1 | tail -150 > "$OUT/gpu-tests.log" ;;
+    tests-*) vitest "test/gpu/${what#tests-}.test.ts" 2>&1 | tail -80 > "$OUT/gpu-tests-${what#tests-}.log" ;;
     sanitizer) # every GPU test under memcheck; kernels run 10-100x slower there
       /usr/local/cuda/bin/compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
         node node_modules/vitest/vitest.mjs run test/gpu --testTimeout 600000 2>&1 | tail -80 > "$OUT/sanitizer.log" ;;

@@ -145,9 +145,11 @@ export async function runBench(f: BenchFlags): Promise<void> {
   let model: Model | null = null;
   try {
     // On CUDA a --shape's random weights are made on the GPU (an 8B model would take minutes to write and read back),
-    // except for infinigen, whose calibration reads the weight files.
+    // except for batched infinigen: the host-side path's calibration reads the weight files (one sequence runs on the
+    // device-resident step, which needs none).
     const shape = f.shape !== undefined ? parseModelConfig(shapeConfig(f.shape), `--shape ${f.shape}`) : null;
-    if (shape && resolveBackend(f.backend) === 'cuda' && !p.policies.includes('infinigen')) {
+    const calibrates = p.policies.includes('infinigen') && p.batches.some((b) => b > 1);
+    if (shape && resolveBackend(f.backend) === 'cuda' && !calibrates) {
       checkContexts(shape, p.contexts, f.steps);
       progress.update(`random ${f.shape} weights on the GPU`, 0, 1);
       model = await Model.randomOnDevice(shape, 1);

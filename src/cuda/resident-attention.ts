@@ -36,6 +36,7 @@ export interface StepRows {
 export interface ResidentAttention {
   readonly deviceBytes: number; // KV-side device memory, the part a vramBudget caps
   readonly speculative: boolean; // wants a second (speculative) row each step
+  readonly waitsForHost: boolean; // each layer waits for a CPU part (exact, cpu, tiered): a step cannot run ahead
   /** The full-precision KV's home in pinned host memory, which prefill fills too; null when it lives on the device (dense). */
   readonly host: HostKv | null;
   /** Where prefill writes a layer's KV when the policy keeps it whole on the device (dense); absent: a staging buffer. */
@@ -44,6 +45,11 @@ export interface ResidentAttention {
   load(layer: number, staged: StagedLayer, lastQ: DevRef): void;
   /** Enqueues (or, for exact, runs) layer `layer`'s attention of the step: reads a.qkv, writes a.attn. */
   attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> | void;
+  /**
+   * Copy time of the prefetches so far and the part of it the compute stream waited for (ms), freeing their timing
+   * events; absent when the policy fetches nothing. Call after a synchronize.
+   */
+  drainCopyMs?(): { copyMs: number; stallMs: number };
   dispose(): void;
 }
 
@@ -54,20 +60,20 @@ export interface ResidentShape {
   stream: number; // compute stream
 }
 
-const scaleOf = (c: ModelConfig): number => 1 / Math.sqrt(c.headDim);
+export const scaleOf = (c: ModelConfig): number => 1 / Math.sqrt(c.headDim);
 
 /** Row r's q ([nH, D] = [Hkv, G, D]), k and v ([Hkv, D]) inside the fused qkv activations. */
-function qkvRefs(c: ModelConfig, a: DeviceArena, r: number): { q: DevRef; k: DevRef; v: DevRef } {
+export function qkvRefs(c: ModelConfig, a: DeviceArena, r: number): { q: DevRef; k: DevRef; v: DevRef } {
   const row = r * qkvWidth(c) * 4;
   const { numHeads: nH, numKvHeads: nKv, headDim: D } = c;
   return { q: a.ref('qkv', row), k: a.ref('qkv', row + nH * D * 4), v: a.ref('qkv', row + (nH + nKv) * D * 4) };
 }
 
 /** [Hkv, rows, 2, D] 16-bit. */
-const kvRegionBytes = (c: ModelConfig, rows: number): number => c.numKvHeads * rows * 2 * c.headDim * 2;
+export const kvRegionBytes = (c: ModelConfig, rows: number): number => c.numKvHeads * rows * 2 * c.headDim * 2;
 
 /** Buffers every resident policy needs besides its KV: partial outputs and kernel scratch. */
-function partialsLayout(c: ModelConfig, maxRows: number, layout = new DeviceLayout()): DeviceLayout {
+export function partialsLayout(c: ModelConfig, maxRows: number, layout = new DeviceLayout()): DeviceLayout {
   const G = c.numHeads / c.numKvHeads;
   return layout
     .add('oPart', c.numHeads * c.headDim * 4) // [nH, D] a second partial to merge
@@ -90,6 +96,17 @@ class PerStep<T> {
   }
 }
 
+/** Milliseconds between each (start, end) pair of timing events, summed; empties `pairs` and frees the events. */
+export function drainPairs(pairs: Array<[number, number]>): number {
+  let ms = 0;
+  for (const [t0, t1] of pairs.splice(0)) {
+    ms += native().cudaEventElapsedMs({ start: t0, end: t1 });
+    native().cudaEventFree({ event: t0 });
+    native().cudaEventFree({ event: t1 });
+  }
+  return ms;
+}
+
 /** Makes `stream` wait for the work enqueued on `after` so far. */
 export function waitFor(stream: number, after: number): void {
   const e = native().cudaEventRecord({ stream: after });
@@ -109,6 +126,7 @@ export const denseKvBytes = (c: ModelConfig, capacity: number): number => c.numL
 /** dense: every layer's KV in one device arena, [numLayers][Hkv, capacity, 2, D]. */
 export class DenseResident implements ResidentAttention {
   readonly speculative = false;
+  readonly waitsForHost = false;
   readonly host = null;
   readonly #arena: DeviceArena;
   readonly #counts: PerStep<Int32Array>; // [Hkv] rows attended: every token up to the step's own
@@ -191,6 +209,7 @@ function specacheLayout(c: ModelConfig, capacity: number, k: SpecacheKnobs): Dev
  */
 export class SpecacheResident implements ResidentAttention {
   readonly speculative: boolean;
+  readonly waitsForHost: boolean;
   readonly #cpuK: number;
   readonly #compact: HostArena | null;
   #ranked = 0; // picks per head of the last selection (the row stride of picks): topK, or for tiered up to topK + cpuK
@@ -213,6 +232,7 @@ export class SpecacheResident implements ResidentAttention {
     const c = s.config;
     this.#cpuK = k.cpuK ?? 0;
     this.speculative = this.#cpuK === 0;
+    this.waitsForHost = this.#cpuK > 0;
     if (this.#cpuK > 0 && !pool) throw new KvoffArgumentError('tiered pool', 'a CpuAttentionPool for the CPU part (cpuK > 0)', pool);
     if (k.window % k.keyGroupSize !== 0) throw new KvoffArgumentError('specache window', `a multiple of keyGroupSize (${k.keyGroupSize})`, k.window);
     this.#hotCap = hotCapacity(k);
@@ -376,17 +396,10 @@ export class SpecacheResident implements ResidentAttention {
    * freeing those events. Call after a synchronize.
    */
   drainCopyMs(): { copyMs: number; stallMs: number } {
-    const sum = (pairs: Array<[number, number]>): number => {
-      let ms = 0;
-      for (const [t0, t1] of pairs) {
-        ms += native().cudaEventElapsedMs({ start: t0, end: t1 });
-        native().cudaEventFree({ event: t0 });
-        native().cudaEventFree({ event: t1 });
-      }
-      return ms;
-    };
-    const copyMs = sum(this.copyEvents.splice(0));
-    return { copyMs, stallMs: sum(this.stallEvents.splice(0)) };
+    const copyMs = drainPairs(this.copyEvents);
+    const stallMs = drainPairs(this.stallEvents);
+    // tiered fetches what the step itself attends: never hidden
+    return { copyMs, stallMs: this.#cpuK > 0 ? copyMs : stallMs };
   }
 
   dispose(): void {
@@ -415,6 +428,7 @@ export const exactDeviceBytes = (c: ModelConfig, k: { sinks: number; window: num
  */
 export class ExactResident implements ResidentAttention {
   readonly speculative = false;
+  readonly waitsForHost = true;
   readonly #arena: DeviceArena;
   readonly #hotCap: number;
   readonly #kvHeads: Int32Array; // every KV head, for the CPU part

@@ -2,14 +2,17 @@
 // ResidentDecoder, with the policy's KV where the design puts it (dense: all on the device; specache: low-bit copy
 // and hot set on the device, full precision in pinned host memory; tiered: specache's device part selected by the
 // step's own query, plus the next cpuK tokens attended by the CPU workers; exact and cpu: host KV attended by the
-// CPU workers, sinks and window on the device for exact). Only token ids go down and logits come back per step.
+// CPU workers, sinks and window on the device for exact; infinigen: keys-only low-bit copy and hot set on the device, each
+// layer's top-k speculated and fetched while the layer before it computes). Only token ids go down and logits come back per step.
 import type { CpuAttentionPool } from '../cpu-attention.js';
 import { CudaDenseLayers } from '../cuda/cuda-dense-layers.js';
+import type { DeviceArena } from '../cuda/device-arena.js';
 import {
   DenseResident, ExactResident, SpecacheResident, denseKvBytes, exactDeviceBytes, specacheDeviceBytes,
   type HostKv, type ResidentAttention, type SpecacheKnobs,
 } from '../cuda/resident-attention.js';
 import { ResidentDecoder } from '../cuda/resident-decoder.js';
+import { INFINIGEN_KEY_GROUP, InfinigenResident, infinigenDeviceBytes, type InfinigenResidentKnobs } from '../cuda/infinigen-resident.js';
 import { KvoffCapacityError } from '../errors.js';
 import { HostKvCache, type HostKvShape } from '../kv/host-cache.js';
 import type { Model } from '../model/model.js';
@@ -20,7 +23,7 @@ import type { PolicyName } from './options.js';
 import type { Knobs, PolicySpec } from './policies.js';
 
 /** Policies whose whole step runs on the device; the others keep the engine's host-side path on CUDA too. */
-export const RESIDENT_POLICIES: readonly PolicyName[] = ['dense', 'specache', 'tiered', 'exact', 'cpu'];
+export const RESIDENT_POLICIES: readonly PolicyName[] = ['dense', 'specache', 'tiered', 'exact', 'cpu', 'infinigen'];
 
 export interface ResidentRunRequest {
   model: Model;
@@ -37,7 +40,7 @@ export interface ResidentRunRequest {
 interface Candidate {
   knobs: Knobs;
   bytes: number;
-  build: (host: HostKv | null, stream: number, copyStream: number) => ResidentAttention;
+  build: (host: HostKv | null, stream: number, copyStream: number, weights: DeviceArena) => ResidentAttention;
 }
 
 /**
@@ -63,7 +66,8 @@ function candidates(r: ResidentRunRequest): Candidate[] {
     }
     case 'specache':
     case 'tiered':
-      return r.spec.candidates(r.given).flatMap((k) => {
+      // Left to the budget, the key bits go first (partialRatio 1/4 -> 1/8 -> 1/16: 4 -> 2 -> 1 bits), then the top-k.
+      return (r.given.partialRatio !== undefined ? [r.given.partialRatio] : [0.25, 0.125, 0.0625]).flatMap((partialRatio) => r.spec.candidates({ ...r.given, partialRatio })).flatMap((k) => {
         const cpuK = r.spec.name === 'tiered' ? k.cpuK : 0;
         const knobs: SpecacheKnobs = { topK: k.topK, sinks: k.sinks, window: k.window, bits: k.bits as 1 | 2 | 4, keyGroupSize: k.keyGroupSize as 32 | 64, cpuK };
         // The device kernels need a window of whole key groups and a context the top-k can pick from.
@@ -74,6 +78,17 @@ function candidates(r: ResidentRunRequest): Candidate[] {
         return [{
           knobs: r.spec.name === 'tiered' ? { ...knobs } : common, bytes: specacheDeviceBytes(c, r.capacity, knobs),
           build: (h, stream, copy) => new SpecacheResident(s(stream), knobs, h!, copy, cpuK > 0 ? r.pool : null),
+        }];
+      });
+    case 'infinigen':
+      // The device step ranks from a window of whole key groups, with at least one token between sinks and window.
+      // Left to the budget, the key bits go first (partialRatio 1/4 -> 1/8 -> 1/16: 4 -> 2 -> 1 bits), then the top-k.
+      return (r.given.partialRatio !== undefined ? [r.given.partialRatio] : [0.25, 0.125, 0.0625]).flatMap((partialRatio) => r.spec.candidates({ ...r.given, partialRatio })).flatMap((k) => {
+        const knobs: InfinigenResidentKnobs = { topK: k.topK, partialRatio: k.partialRatio, window: k.window, sinks: k.sinks };
+        if (knobs.window < INFINIGEN_KEY_GROUP || knobs.window % INFINIGEN_KEY_GROUP !== 0 || r.promptTokens < knobs.sinks + knobs.window + 1) return [];
+        return [{
+          knobs: { ...knobs }, bytes: infinigenDeviceBytes(c, r.capacity, knobs),
+          build: (h, stream, copy, weights) => new InfinigenResident(s(stream), knobs, h!, copy, weights),
         }];
       });
     default:
@@ -87,7 +102,9 @@ function stepBytesOf(c: ModelConfig, attention: ResidentAttention, k: Knobs): { 
   const heads = c.numHeads * c.headDim * 4; // q, or o: [nH, D] f32
   let h2d = 0;
   let d2h = 0;
-  if (attention instanceof SpecacheResident) {
+  if (attention instanceof InfinigenResident) {
+    h2d += c.numKvHeads * k.topK * rowBytes;
+  } else if (attention instanceof SpecacheResident) {
     h2d += c.numKvHeads * k.topK * rowBytes;
     if ((k.cpuK ?? 0) > 0) {
       d2h += heads + c.numKvHeads * (k.topK + k.cpuK) * 4; // q and the picks
@@ -142,7 +159,7 @@ export class ResidentRun {
       // One sequence owns every block, in order; the device and the CPU workers read them through this table.
       cache = r.spec.kvHome === 'host' ? new HostKvCache(r.shape, { pin: true }) : null;
       const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: Int32Array.from({ length: r.shape.numBlocks }, (_, i) => i) };
-      attention = chosen.build(host, streams[0], streams[1]);
+      attention = chosen.build(host, streams[0], streams[1], r.model.dense.weights);
       const decoder = new ResidentDecoder(r.model.config, r.model.dense.weights, attention, streams[0]);
       return new ResidentRun(chosen.knobs, attention, cache, decoder, streams);
     } catch (err) {
@@ -158,12 +175,12 @@ export class ResidentRun {
   }
 
   /**
-   * Whether decoding should run a step ahead: only when the whole step is on the device (dense, specache).
+   * Whether decoding should run a step ahead: only when the whole step is on the device (dense, specache, infinigen).
    * With a CPU part (exact, cpu, tiered) each layer waits for the host anyway, and running ahead measured slower
    * (exact 126 -> 174 ms a step, tiered 50 -> 67 ms at 32k on the H100).
    */
   get runsAhead(): boolean {
-    return this.attention.host === null || this.attention.speculative;
+    return !this.attention.waitsForHost;
   }
 
   get hostBytes(): number {
@@ -189,8 +206,7 @@ export class ResidentRun {
     let synced = true;
     for (const s of this.#streams) await native().cudaStreamSynchronize({ stream: s }).catch(() => (synced = false));
     // Timing events can be read only once complete: after a failed step they are only freed.
-    const copy = synced && this.attention instanceof SpecacheResident ? this.attention.drainCopyMs() : { copyMs: 0, stallMs: 0 };
-    if (!this.attention.speculative) copy.stallMs = copy.copyMs; // tiered fetches what the step itself attends: never hidden
+    const copy = (synced && this.attention.drainCopyMs?.()) || { copyMs: 0, stallMs: 0 };
     this.decoder.dispose();
     this.attention.dispose();
     this.#cache?.dispose();

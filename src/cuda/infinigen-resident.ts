@@ -1,0 +1,227 @@
+// infinigen on the device-resident step: layer l + 1's top-k is speculated while layer l computes, from layer l's
+// input through layer l + 1's own RMSNorm and query projection, scored against a keys-only low-bit copy of layer
+// l + 1 and gathered from pinned host memory on the copy stream; layer l + 1 then attends its sinks, window and the
+// fetched top-k, and drops the rest of the context for that step (as InfiniGen does). Layer 0 has no layer before it:
+// it picks with its own query on the compute stream.
+//
+// Where this departs from the host-side policy (src/policies/infinigen-attention.ts): InfiniGen scores with r of the
+// head's skewed 16-bit key columns (partialRatio = r / D). The device keeps every column at partialRatio x 16 bits
+// instead (1, 2 or 4-bit KIVI keys, grouped per 64 tokens), the same key bytes, with scoring, top-k and gather
+// kernels the device already has, and no calibration pass over the model.
+import { KvoffArgumentError } from '../errors.js';
+import { deviceLowBitLayout } from '../kernels/device-lowbit-layout.js';
+import type { ModelConfig } from '../model/types.js';
+import { native, type DevRef } from '../native.js';
+import { DeviceArena, DeviceLayout } from './device-arena.js';
+import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
+import {
+  drainPairs, kvRegionBytes, partialsLayout, qkvRefs, scaleOf, waitFor,
+  type HostKv, type ResidentAttention, type ResidentShape, type StepRows,
+} from './resident-attention.js';
+
+/** The host-side policy's knobs (infinigen.ts). */
+export interface InfinigenResidentKnobs {
+  topK: number;
+  partialRatio: number;
+  window: number; // a multiple of KEY_GROUP: a completed key group is contiguous in the window ring
+  sinks: number;
+}
+
+/** Tokens per key group of the low-bit copy. */
+export const INFINIGEN_KEY_GROUP = 64; // the larger KIVI group: half the per-channel zero/scale bytes of 32
+
+/** Bits per key channel holding the bytes of partialRatio of the channels at 16 bits: 1, 2 or 4 (4 at most). */
+export function infinigenKeyBits(partialRatio: number): 1 | 2 | 4 {
+  const bits = partialRatio * 16;
+  return bits >= 4 ? 4 : bits >= 2 ? 2 : 1;
+}
+
+/** Hot slots per KV head: [sinks][window ring][top-k]. */
+const hotCapacity = (k: InfinigenResidentKnobs): number => k.sinks + k.window + k.topK;
+
+function keysShape(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs) {
+  return {
+    numKvHeads: c.numKvHeads, headDim: c.headDim, bits: infinigenKeyBits(k.partialRatio), keyGroupSize: INFINIGEN_KEY_GROUP as 64,
+    valueGroupSize: c.headDim, capacityTokens: capacity, keysOnly: true,
+  };
+}
+
+function infinigenLayout(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs): DeviceLayout {
+  const layout = partialsLayout(c, hotCapacity(k));
+  const keys = deviceLowBitLayout(keysShape(c, capacity, k));
+  for (let l = 0; l < c.numLayers; l++) {
+    layout.add(`keys${l}`, keys.layerBytes);
+    layout.add(`hot${l}`, kvRegionBytes(c, hotCapacity(k))); // [Hkv, hotCap, 2, D]
+    layout.add(`picks${l}`, c.numKvHeads * k.topK * 4); // int32 [Hkv, topK], best first
+  }
+  return layout
+    .add('specX', c.hiddenSize * 4) // f32 [H]: layer l's input, set aside for the copy stream
+    .add('specN', c.hiddenSize * 4) // f32 [H]: normed with layer l + 1's input norm
+    .add('specQ', c.numHeads * c.headDim * 4) // f32 [nH, D]: layer l + 1's speculated query, rotated
+    .add('scores', c.numKvHeads * capacity * 4) // f32 [Hkv, capacity]
+    .add('gatherTable', c.numKvHeads * k.topK * 8) // uint32 [Hkv * topK, 2]
+    .add('blockTable', capacity * 4); // int32 [<= capacity blocks]
+}
+
+/** Bytes infinigen keeps on the device for a run of `capacity` tokens (the part the budget caps). */
+export function infinigenDeviceBytes(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs): number {
+  return infinigenLayout(c, capacity, k).bytes;
+}
+
+export class InfinigenResident implements ResidentAttention {
+  readonly speculative = false;
+  readonly waitsForHost = false;
+  readonly #arena: DeviceArena;
+  readonly #hotCap: number;
+  readonly #w: Array<{ inNorm: DevRef; qkv: DevRef; qkvBias: DevRef | null }>; // each layer's query-side weights
+  readonly #counts: Int32Array;
+  readonly #fetched: number[]; // [numLayers] event after the copy stream's pick and fetch for that layer, 0 when none
+  copyEvents: Array<[number, number]> = []; // (start, end) of each gather: the copy time
+  stallEvents: Array<[number, number]> = []; // (before, after) each compute-stream wait for a layer's fetch
+  exposedEvents: Array<[number, number]> = []; // layer 0's pick and gather, on the compute stream: copy time never hidden
+
+  constructor(
+    readonly s: ResidentShape,
+    readonly k: InfinigenResidentKnobs,
+    readonly host: HostKv,
+    readonly copyStream: number,
+    weights: DeviceArena, // weightLayout(c) (cuda-weights.ts)
+  ) {
+    const c = s.config;
+    if (k.window < INFINIGEN_KEY_GROUP || k.window % INFINIGEN_KEY_GROUP !== 0) throw new KvoffArgumentError('infinigen window', `a positive multiple of ${INFINIGEN_KEY_GROUP}`, k.window);
+    if (!Number.isSafeInteger(k.topK) || k.topK < 1) throw new KvoffArgumentError('infinigen topK', 'an integer >= 1', k.topK);
+    this.#hotCap = hotCapacity(k);
+    this.#w = Array.from({ length: c.numLayers }, (_, l) => ({
+      inNorm: weights.ref(`${l}.inNorm`), qkv: weights.ref(`${l}.qkv`), qkvBias: c.attentionBias ? weights.ref(`${l}.qkvBias`) : null,
+    }));
+    this.#fetched = new Array<number>(c.numLayers).fill(0);
+    this.#counts = new Int32Array(c.numKvHeads);
+    this.#arena = DeviceArena.create(infinigenLayout(c, s.capacity, k));
+    try {
+      const bt = host.blockIds;
+      native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
+    } catch (err) {
+      this.#arena.free();
+      throw err;
+    }
+  }
+
+  get deviceBytes(): number {
+    return this.#arena.bytes;
+  }
+  get hotCap(): number {
+    return this.#hotCap;
+  }
+  ref(name: string, byteOffset = 0): DevRef {
+    return this.#arena.ref(name, byteOffset);
+  }
+
+  #keys(layer: number, stream = this.s.stream) {
+    return { ...keysShape(this.s.config, this.s.capacity, this.k), lowBit: this.ref(`keys${layer}`), stream };
+  }
+
+  /** Tokens ranked for the top-k among n stored: those between the sinks and the window (all of them when fewer than topK). */
+  #ranked(n: number): number {
+    const { sinks, window, topK } = this.k;
+    if (n < sinks + window + 1) throw new KvoffArgumentError('infinigen context', `at least sinks + window + 1 = ${sinks + window + 1} tokens`, n);
+    return Math.min(topK, n - sinks - window);
+  }
+
+  /** Scores layer `layer`'s quantized keys with q ([nH, D]), takes each head's best and gathers them into the hot set, on `on`. */
+  #pickAndFetch(layer: number, q: DevRef, n: number, on: number): [number, number] {
+    const c = this.s.config;
+    const { sinks, window } = this.k;
+    const ranked = this.#ranked(n);
+    // The groups covering [0, n - window): quantized already, since the window holds at least one group and a group
+    // is quantized as soon as its last token is stored.
+    const numGroups = Math.ceil((n - window) / INFINIGEN_KEY_GROUP);
+    native().cudaKiviScores({ ...this.#keys(layer, on), groupSize: c.numHeads / c.numKvHeads, q, numGroups, out: this.ref('scores'), ldOut: this.s.capacity });
+    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: this.s.capacity, first: sinks, n: n - window - sinks, k: ranked, out: this.ref(`picks${layer}`), stream: on });
+    const t0 = native().cudaEventRecord({ stream: on, timing: true });
+    native().cudaKvGatherDevice({
+      ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
+      ldPositions: ranked, n: ranked, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
+    });
+    return [t0, native().cudaEventRecord({ stream: on, timing: true })];
+  }
+
+  /**
+   * Layer l + 1's pick, enqueued on the copy stream from layer l's input (a.x before layer l's MLP changes it): its
+   * RMSNorm and query projection (bias, RoPE at the step's position), then scores, top-k and the gather.
+   */
+  #speculate(next: number, a: DeviceArena, n: number): void {
+    const c = this.s.config;
+    const on = this.copyStream;
+    const qWidth = c.numHeads * c.headDim;
+    const w = this.#w[next];
+    native().cudaCopyD2D({ src: a.ref('x'), dst: this.ref('specX'), bytes: c.hiddenSize * 4, stream: this.s.stream });
+    waitFor(on, this.s.stream);
+    native().cudaRmsNorm({ x: this.ref('specX'), weight: w.inNorm, out: this.ref('specN'), rows: 1, n: c.hiddenSize, eps: c.rmsNormEps, stream: on });
+    // The fused q|k|v weight is [width, H] row-major: its first nH * D rows are the query projection.
+    native().cudaGemm({ w: w.qkv, x: this.ref('specN'), y: this.ref('specQ'), m: 1, n: qWidth, k: c.hiddenSize, stream: on });
+    if (w.qkvBias) native().cudaAddBias({ x: this.ref('specQ'), bias: w.qkvBias, rows: 1, n: qWidth, stream: on });
+    // Row 0's cos/sin (the step's position) stay put until the compute stream has waited for this layer's fetch.
+    native().cudaRope({ x: this.ref('specQ'), rows: 1, heads: c.numHeads, headDim: c.headDim, cos: a.ref('cos'), sin: a.ref('sin'), stream: on });
+    this.copyEvents.push(this.#pickAndFetch(next, this.ref('specQ'), n, on));
+    if (this.#fetched[next] !== 0) native().cudaEventFree({ event: this.#fetched[next] });
+    this.#fetched[next] = native().cudaEventRecord({ stream: on });
+  }
+
+  /** Makes the compute stream wait for a layer's fetch, between two timing events (the stall: zero when it came first). */
+  #awaitFetch(layer: number): void {
+    const stream = this.s.stream;
+    const before = native().cudaEventRecord({ stream, timing: true });
+    native().cudaStreamWaitEvent({ stream, event: this.#fetched[layer] });
+    this.stallEvents.push([before, native().cudaEventRecord({ stream, timing: true })]);
+    native().cudaEventFree({ event: this.#fetched[layer] });
+    this.#fetched[layer] = 0;
+  }
+
+  /** A prefilled layer (staged on the device): its low-bit keys (complete groups) and the hot sinks and window. */
+  load(layer: number, staged: StagedLayer): void {
+    const groups = Math.floor(staged.n / INFINIGEN_KEY_GROUP) * INFINIGEN_KEY_GROUP;
+    native().cudaKiviQuantize({ ...this.#keys(layer), kv: staged.kv(0), dtype: this.s.dtype, kvCapacity: staged.capacity, kvFirstRow: 0, first: 0, tokens: groups });
+    fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
+  }
+
+  attend(layer: number, a: DeviceArena, step: StepRows): void {
+    const { config: c, dtype, stream } = this.s;
+    const { sinks, window } = this.k;
+    const hot = this.ref(`hot${layer}`);
+    const n = step.pos + 1; // tokens stored once this row is written
+    const ranked = this.#ranked(n);
+    const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream };
+    const { q, k, v } = qkvRefs(c, a, 0);
+    native().cudaKvStoreHost({ ...this.host.region(layer), k, v, tokens: 1, blockIds: this.host.blockIds, start: step.pos, stream });
+    native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: sinks + (step.pos % window) });
+    if (n % INFINIGEN_KEY_GROUP === 0) {
+      const first = n - INFINIGEN_KEY_GROUP;
+      native().cudaKiviQuantize({ ...this.#keys(layer), kv: hot, dtype, kvCapacity: this.#hotCap, kvFirstRow: sinks + (first % window), first, tokens: INFINIGEN_KEY_GROUP });
+    }
+    step.mark?.('store');
+    if (layer === 0) this.exposedEvents.push(this.#pickAndFetch(0, q, n, stream));
+    else if (this.#fetched[layer] !== 0) this.#awaitFetch(layer);
+    else throw new Error(`infinigen: layer ${layer} attended with no fetch speculated for it`);
+    step.mark?.('layer 0 pick / wait');
+    if (layer + 1 < c.numLayers) this.#speculate(layer + 1, a, n); // runs beside this layer's attention and MLP
+    if (this.#counts[0] !== sinks + window + ranked) this.#counts.fill(sinks + window + ranked); // [Hkv] hot rows attended
+    const counts = this.#counts;
+    native().cudaAttendDecode({
+      ...shape, kv: hot, capacity: this.#hotCap, groupSize: c.numHeads / c.numKvHeads, counts, q, scale: scaleOf(c),
+      out: a.ref('attn'), lse: this.ref('lse'), scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+    });
+    step.mark?.('hot attention');
+  }
+
+  drainCopyMs(): { copyMs: number; stallMs: number } {
+    const exposed = drainPairs(this.exposedEvents);
+    return { copyMs: drainPairs(this.copyEvents) + exposed, stallMs: drainPairs(this.stallEvents) + exposed };
+  }
+
+  dispose(): void {
+    // Freed unread: after a failed step some may never complete (drainCopyMs reads them).
+    for (const pair of [...this.copyEvents.splice(0), ...this.stallEvents.splice(0), ...this.exposedEvents.splice(0)]) for (const e of pair) native().cudaEventFree({ event: e });
+    for (const e of this.#fetched) if (e !== 0) native().cudaEventFree({ event: e });
+    this.#arena.free();
+  }
+}
