@@ -17,26 +17,27 @@ function oneHot(rows: number[]): Float32Array {
   return out;
 }
 
-/** A ResidentRun stand-in: prefill's token is the prompt's sum mod V, each step applies the rule to its rows. */
+/**
+ * A ResidentRun stand-in: prefill's token is the prompt's sum mod V, each step applies the rule to its rows (sequence
+ * s's rows at positions[s], positions[s] + 1). `fed` holds the rows each step was fed, per sequence.
+ */
 function fakeRun(o: { speculative: boolean; runsAhead: boolean; failAtPos?: number }) {
   let lastIds = new Int32Array(0); // "on the device": the last step's argmax
-  const fed: number[][] = []; // rows fed per step, for the test to inspect
-  const compute = (tokens: Int32Array, pos: number) => {
-    if (pos === o.failAtPos) return Promise.reject(new Error('step failed'));
-    fed.push([...tokens]);
-    const ids = Int32Array.from(tokens, (t, r) => rule(t, pos + r));
+  const fed: number[][][] = []; // [step][sequence] rows fed, for the test to inspect
+  const rowsPer = o.speculative ? 2 : 1;
+  const compute = (tokens: Int32Array, positions: readonly number[]) => {
+    if (positions.includes(o.failAtPos ?? -1)) return Promise.reject(new Error('step failed'));
+    fed.push(positions.map((_, s) => [...tokens.subarray(s * rowsPer, (s + 1) * rowsPer)]));
+    const ids = Int32Array.from(tokens, (t, i) => rule(t, positions[Math.floor(i / rowsPer)] + (i % rowsPer)));
     lastIds = ids;
     return Promise.resolve({ ids, logits: oneHot([...ids]) });
   };
   const decoder = {
     prefill: async (ids: Int32Array) => oneHot([ids.reduce((a, b) => a + b, 0) % V]),
-    stepWithLogits: (tokens: Int32Array | null, pos: number, rows: 1 | 2) => compute(tokens ?? lastIds.slice(0, rows), pos),
+    stepBatch: (tokens: Int32Array | null, positions: readonly number[]) => compute(tokens ?? lastIds.slice(), positions),
     sampleOnDevice: () => {}, // the fake's "device" choice is the rule, which top-k 1 sampling must reproduce
   };
-  const run = {
-    decoder, runsAhead: o.runsAhead, attention: { speculative: o.speculative }, stepBytes: { h2d: 10, d2h: 1 },
-    step: (token: number, guess: number | null, pos: number) => compute(guess === null ? Int32Array.of(token) : Int32Array.of(token, guess), pos),
-  };
+  const run = { decoder, runsAhead: o.runsAhead, attention: { speculative: o.speculative }, stepBytes: { h2d: 10, d2h: 1 } };
   return { run: run as unknown as ResidentRun, fed };
 }
 
@@ -47,7 +48,7 @@ function context(eos: number[] = [], signal = new AbortController().signal): Res
 async function tokens(run: ResidentRun, ctx: ResidentLoopContext, prompt: number[], total: number, maxNew: number, temperature = 0): Promise<number[]> {
   const out: number[] = [];
   const sampling = validateSampling({ temperature, topK: temperature > 0 ? 1 : 0 });
-  for await (const t of residentLoop(run, Int32Array.from(prompt), total, maxNew, sampling, ctx)) out.push(t.token);
+  for await (const t of residentLoop(run, [Int32Array.from(prompt)], [total], maxNew, sampling, ctx)) out.push(t.token);
   return out;
 }
 
@@ -75,13 +76,13 @@ describe('the resident token loop', () => {
     expect(ctx.stats.prefillTokens).toBe(prompt.length);
     expect(ctx.stats.bytesH2D).toBe(60);
     // Every step fed the token before it: the device-fed steps took the last argmax, as the host ones did.
-    expect(fed.map((rows) => rows[0])).toEqual(got.slice(0, 6));
+    expect(fed.map((step) => step[0][0])).toEqual(got.slice(0, 6));
     if (o.speculative) {
       expect(ctx.stats.specUsed + ctx.stats.specWasted).toBe(5);
       // The first step's guess is the token itself; later ones are the last step's second argmax.
-      expect(fed[0][1]).toBe(got[0]);
-      for (let j = 1; j < fed.length; j++) expect(fed[j][1]).toBe(rule(fed[j - 1][1], prompt.length + j));
-    } else expect(fed.every((rows) => rows.length === 1)).toBe(true);
+      expect(fed[0][0][1]).toBe(got[0]);
+      for (let j = 1; j < fed.length; j++) expect(fed[j][0][1]).toBe(rule(fed[j - 1][0][1], prompt.length + j));
+    } else expect(fed.every((step) => step[0].length === 1)).toBe(true);
   });
 
   it('stops at the capacity: the last token yielded takes position total, and is not fed', async () => {
@@ -109,10 +110,39 @@ describe('the resident token loop', () => {
       const { run } = fakeRun({ speculative: true, runsAhead, failAtPos: prompt.length + 2 });
       const got: number[] = [];
       const go = async () => {
-        for await (const t of residentLoop(run, Int32Array.from(prompt), 100, 8, validateSampling({}), context())) got.push(t.token);
+        for await (const t of residentLoop(run, [Int32Array.from(prompt)], [100], 8, validateSampling({}), context())) got.push(t.token);
       };
       await expect(go()).rejects.toThrow('step failed');
       expect(got).toEqual(expected(prompt, 3)); // the tokens before the failed step came out
+    }
+  });
+
+  it('a batch: each sequence yields its own tokens, in sequence order within a step, and stops on its own', async () => {
+    const prompts = [[3, 1, 4, 1, 5], [2, 7], [9, 9, 9, 9, 9, 9, 9, 9]];
+    const totals = [100, 2 + 3, 100]; // the second fits 3 more positions only
+    const solo = prompts.map((p) => expected(p, 7));
+    const eos = solo[2][2]; // the third stops at its third token (if no other sequence meets it sooner, checked below)
+    for (const o of [{ speculative: true, runsAhead: true }, { speculative: false, runsAhead: true }, { speculative: false, runsAhead: false }]) {
+      const { run, fed } = fakeRun(o);
+      const ctx = context([eos]);
+      const got: Array<{ seq: number; token: number }> = [];
+      for await (const t of residentLoop(run, prompts.map((p) => Int32Array.from(p)), totals, 7, validateSampling({}), ctx)) got.push({ seq: t.seq, token: t.token });
+      const want = solo.map((toks) => {
+        const end = toks.indexOf(eos);
+        return end < 0 ? toks : toks.slice(0, end + 1);
+      });
+      want[1] = want[1].slice(0, 4); // its prefill token and 3 steps
+      for (let s = 0; s < 3; s++) expect(got.filter((t) => t.seq === s).map((t) => t.token), `${JSON.stringify(o)} seq ${s}`).toEqual(want[s]);
+      // Step by step: the firsts of all three, then each step's tokens in sequence order.
+      const order = got.map((t) => t.seq);
+      expect(order.slice(0, 3)).toEqual([0, 1, 2]);
+      expect(ctx.stats.decodeTokens).toBe(got.length - 3);
+      // A finished sequence keeps its rows, at its last position; the steps run as long as the longest one needs
+      // (running ahead, one more may be enqueued before an end-of-sequence token is seen: wasted, never yielded).
+      const needed = Math.max(...want.map((w) => w.length)) - 1;
+      expect(fed.length - needed).toBeGreaterThanOrEqual(0);
+      expect(fed.length - needed).toBeLessThanOrEqual(o.runsAhead ? 1 : 0);
+      expect(fed.every((step) => step.length === 3)).toBe(true);
     }
   });
 
@@ -121,7 +151,7 @@ describe('the resident token loop', () => {
     const { run } = fakeRun({ speculative: true, runsAhead: true });
     const got: number[] = [];
     const go = async () => {
-      for await (const t of residentLoop(run, Int32Array.from(prompt), 100, 50, validateSampling({}), context([], ac.signal))) {
+      for await (const t of residentLoop(run, [Int32Array.from(prompt)], [100], 50, validateSampling({}), context([], ac.signal))) {
         got.push(t.token);
         if (got.length === 3) ac.abort();
       }

@@ -29,6 +29,7 @@ export interface HostKv {
 export interface StepRows {
   pos: number; // position of row 0 (the real token); row 1, when present, is the speculative token at pos + 1
   rows: 1 | 2;
+  row0?: number; // the sequence's first row in the step's activations (a batch's sequences lie one after another); default 0
   mark?: (phase: string) => void; // profiling: the GPU time since the last mark is booked to `phase`
   signal?: AbortSignal; // stops exact's CPU part mid-layer
 }
@@ -45,6 +46,11 @@ export interface ResidentAttention {
   load(layer: number, staged: StagedLayer, lastQ: DevRef): void;
   /** Enqueues (or, for exact, runs) layer `layer`'s attention of the step: reads a.qkv, writes a.attn. */
   attend(layer: number, a: DeviceArena, step: StepRows): Promise<void> | void;
+  /**
+   * Present where a batch's layer is better run for all sequences at once: called on the first sequence's attention
+   * with every sequence's rows (steps[s]) and attention (peers[s]), instead of each one's attend.
+   */
+  attendBatch?(layer: number, a: DeviceArena, steps: readonly StepRows[], peers: readonly ResidentAttention[]): Promise<void> | void;
   /**
    * Copy time of the prefetches so far and the part of it the compute stream waited for (ms), freeing their timing
    * events; absent when the policy fetches nothing. Call after a synchronize.
@@ -68,6 +74,9 @@ export function qkvRefs(c: ModelConfig, a: DeviceArena, r: number): { q: DevRef;
   const { numHeads: nH, numKvHeads: nKv, headDim: D } = c;
   return { q: a.ref('qkv', row), k: a.ref('qkv', row + nH * D * 4), v: a.ref('qkv', row + (nH + nKv) * D * 4) };
 }
+
+/** Row r's attention output [nH, D] f32 inside the activations' attn. */
+export const attnRef = (c: ModelConfig, a: DeviceArena, r: number): DevRef => a.ref('attn', r * c.numHeads * c.headDim * 4);
 
 /** [Hkv, rows, 2, D] 16-bit. */
 export const kvRegionBytes = (c: ModelConfig, rows: number): number => c.numKvHeads * rows * 2 * c.headDim * 2;
@@ -147,12 +156,13 @@ export class DenseResident implements ResidentAttention {
 
   attend(layer: number, a: DeviceArena, step: StepRows): void {
     const { config: c, capacity, dtype, stream } = this.s;
-    const { q, k, v } = qkvRefs(c, a, 0);
+    const row0 = step.row0 ?? 0;
+    const { q, k, v } = qkvRefs(c, a, row0);
     const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, capacity, stream };
     native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: this.kv(layer), slot: step.pos });
     native().cudaAttendDecode({
       ...shape, kv: this.kv(layer), groupSize: c.numHeads / c.numKvHeads, counts: this.#counts.at(step.pos),
-      q, scale: scaleOf(c), out: a.ref('attn'), lse: this.#arena.ref('lse'),
+      q, scale: scaleOf(c), out: attnRef(c, a, row0), lse: this.#arena.ref('lse'),
       scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
     });
   }
@@ -345,8 +355,9 @@ export class SpecacheResident implements ResidentAttention {
     const p = step.pos;
     const n = p + 1; // tokens stored once the real row is written
     const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream };
+    const row0 = step.row0 ?? 0;
     // The real token: home to the pinned host cache (zero-copy store), and into the window ring.
-    const real = qkvRefs(c, a, 0);
+    const real = qkvRefs(c, a, row0);
     native().cudaKvStoreHost({ ...this.host.region(layer), k: real.k, v: real.v, tokens: 1, blockIds: this.host.blockIds, start: p, stream });
     native().cudaKvWrite({ ...shape, k: real.k, v: real.v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: sinks + (p % window) });
     if (n % keyGroupSize === 0) this.quantize(layer, hot, this.#hotCap, sinks + ((n - keyGroupSize) % window), n - keyGroupSize, keyGroupSize);
@@ -355,10 +366,10 @@ export class SpecacheResident implements ResidentAttention {
     if (this.#cpuK > 0) this.select(layer, real.q, n); // tiered: this step's own picks, fetched before they are attended
     const scratch = { scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch') };
     const tail = { scratch: this.ref('tailScratch'), scratchBytes: this.#arena.bytesOf('tailScratch') };
-    const out = (row: number) => a.ref('attn', row * c.numHeads * c.headDim * 4);
+    const out = (row: number) => attnRef(c, a, row0 + row);
     const lse = (row: number) => this.ref('lse', row * c.numHeads * 4);
     for (let row = 0; row < step.rows; row++) {
-      const { q, k, v } = qkvRefs(c, a, row);
+      const { q, k, v } = qkvRefs(c, a, row0 + row);
       // The speculative row's KV is never stored: it joins through the last hot slot, which only it attends.
       if (row === 1) native().cudaKvWrite({ ...shape, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: this.#hotCap - 1 });
       native().cudaAttendDecode({ ...shape, kv: hot, capacity: this.#hotCap, groupSize: G, counts: this.#counts[row], q, scale: scaleOf(c), out: out(row), lse: lse(row), ...scratch });
@@ -367,7 +378,7 @@ export class SpecacheResident implements ResidentAttention {
     // Both rows attend the same low-bit tail minus the same exclusions: one pass over the codes serves them
     // (outputs [rows, nH, D] and [rows, nH]); then each row merges with its hot part.
     native().cudaKiviAttend({
-      ...this.#lowBit(layer), groupSize: G, rows: step.rows, q: qkvRefs(c, a, 0).q, qRowStride: qkvWidth(c), scale: scaleOf(c), first: sinks, end: Math.max(sinks, n - window),
+      ...this.#lowBit(layer), groupSize: G, rows: step.rows, q: real.q, qRowStride: qkvWidth(c), scale: scaleOf(c), first: sinks, end: Math.max(sinks, n - window),
       exclude: this.ref(`mask${layer}`), ldExclude: this.s.capacity, out: this.ref('oTail'), lse: this.ref('lseTail'), ...tail,
     });
     // Both rows' hot and tail parts are [rows, nH, D] and [rows, nH], contiguous: one merge.
@@ -376,7 +387,7 @@ export class SpecacheResident implements ResidentAttention {
     step.mark?.('low-bit tail');
     if (this.#cpuK > 0) return attendCpuPicks(this.#cpuPart(layer, a, n, step));
     // The speculative row (the real one when there is none) picks the next step's top-k and starts its fetch.
-    this.select(layer, qkvRefs(c, a, step.rows - 1).q, n);
+    this.select(layer, qkvRefs(c, a, row0 + step.rows - 1).q, n);
     step.mark?.('select');
   }
 
@@ -386,8 +397,8 @@ export class SpecacheResident implements ResidentAttention {
     return {
       config: c, stream: this.s.stream, pool: this.pool!, region: this.host.region(layer), blockIds: this.host.blockIds, n, scale: scaleOf(c),
       compact: { handle: this.#compact!.handle, offset: 0 },
-      picks: this.ref(`picks${layer}`), ranked: this.#ranked, skip: this.k.topK, q: qkvRefs(c, a, 0).q,
-      out: a.ref('attn'), lse: this.ref('lse'), oPart: this.ref('oPart'), lsePart: this.ref('lsePart'), signal: step.signal,
+      picks: this.ref(`picks${layer}`), ranked: this.#ranked, skip: this.k.topK, q: qkvRefs(c, a, step.row0 ?? 0).q,
+      out: attnRef(c, a, step.row0 ?? 0), lse: this.ref('lse'), oPart: this.ref('oPart'), lsePart: this.ref('lsePart'), signal: step.signal,
     };
   }
 
@@ -472,11 +483,11 @@ export class ExactResident implements ResidentAttention {
     const D = c.headDim;
     const p = step.pos;
     const n = p + 1;
-    const { q, k, v } = qkvRefs(c, a, 0);
+    const { q, k, v } = qkvRefs(c, a, step.row0 ?? 0);
     const shape = { numKvHeads: c.numKvHeads, headDim: D, dtype, stream };
     const r = this.host.region(layer);
     native().cudaKvStoreHost({ ...r, k, v, tokens: 1, blockIds: this.host.blockIds, start: p, stream });
-    const out = a.ref('attn');
+    const out = attnRef(c, a, step.row0 ?? 0);
     const lse = this.#arena.ref('lse');
     const onDevice = this.#hotCap > 0;
     if (onDevice) {

@@ -1,8 +1,10 @@
-// The device-resident decode step: embedding, every layer and the head run on one stream, with the policy's attention
-// in between; per step only the token ids go down and the chosen ids come back (argmax, or a draw made on the device).
+// The device-resident decode step, of one sequence or a batch: embedding, every layer and the head run on one stream,
+// with each sequence's attention in between; per step only the token ids go down and the chosen ids come back
+// (argmax, or a draw made on the device).
 import { performance } from 'node:perf_hooks';
 import { ropeInvFreq, ropeTables } from '../model/rope.js';
 import type { ModelConfig } from '../model/types.js';
+import { KvoffArgumentError } from '../errors.js';
 import { native, type DevRef } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { GraphCache } from './graph-cache.js';
@@ -30,12 +32,15 @@ export class PhaseProfile {
   }
 }
 
-/** Sampling on the device: each step's row 0 is drawn (cudaSample) with the next number of `random`, in step order. */
+/**
+ * Sampling on the device: each step's real row of sequence s is drawn (cudaSample) with the next number of
+ * random[s], in step order.
+ */
 export interface DeviceSampler {
   temperature: number; // > 0
   topK: number;
   topP: number;
-  random: () => number;
+  random: ReadonlyArray<() => number>; // one stream per sequence
 }
 
 /** An enqueued step's results, boxed so awaiting the enqueue does not await them. */
@@ -44,6 +49,11 @@ interface Enqueued {
   logits?: Promise<Float32Array>; // [rows, vocab], when asked for
 }
 
+/**
+ * The step of one sequence, or of a batch: sequence s owns rows [s * rowsPer, (s + 1) * rowsPer) of the activations,
+ * every layer's dense kernels run once over all rows (the GEMV reads each weight once for up to 16 rows), and each
+ * sequence's attention attends its own rows.
+ */
 export class ResidentDecoder {
   profile: PhaseProfile | null = null;
   signal: AbortSignal | undefined; // stops a step between layers (and exact's CPU part within one)
@@ -58,26 +68,35 @@ export class ResidentDecoder {
   #sampler: DeviceSampler | null = null;
   #sampleScratch: DeviceArena | null = null;
 
+  readonly attentions: readonly ResidentAttention[]; // one per sequence
+
   constructor(
     readonly config: ModelConfig,
     readonly weights: DeviceArena,
-    readonly attention: ResidentAttention,
+    attention: ResidentAttention | readonly ResidentAttention[],
     readonly stream = 0,
     opts: { useGraphs?: boolean } = {},
   ) {
+    this.attentions = Array.isArray(attention) ? [...attention] : [attention as ResidentAttention];
     this.#graphs = opts.useGraphs === false ? null : new GraphCache(stream);
     this.#embed = weights.ref('embed');
-    this.#acts = DeviceArena.create(activationLayout(config, 2));
+    this.#acts = DeviceArena.create(activationLayout(config, 2 * this.attentions.length)); // up to 2 rows a sequence
     this.#kernels = new LayerKernels(config, weights, stream);
     this.#invFreq = ropeInvFreq(config);
   }
 
+  /** The first sequence's attention (the only one outside a batch). */
+  get attention(): ResidentAttention {
+    return this.attentions[0];
+  }
+
   /**
-   * Prefills `tokens` at positions 0 .. T-1 into the attention's KV (see resident-prefill.ts); resolves with the last
-   * token's logits [vocab]. Steps follow at position T.
+   * Prefills `tokens` at positions 0 .. T-1 into sequence `seq`'s KV (see resident-prefill.ts); resolves with the last
+   * token's logits [vocab]. Its steps follow at position T.
    */
-  prefill(tokens: Int32Array, opts: Omit<ResidentPrefillOptions, 'stream' | 'dtype'> & { dtype?: 'bf16' | 'f16' }): Promise<Float32Array> {
-    const run = () => prefillResident(this.config, this.weights, this.attention, tokens, this.#invFreq, { dtype: 'bf16', ...opts, stream: this.stream });
+  prefill(tokens: Int32Array, opts: Omit<ResidentPrefillOptions, 'stream' | 'dtype'> & { dtype?: 'bf16' | 'f16'; seq?: number }): Promise<Float32Array> {
+    const { seq = 0, ...rest } = opts;
+    const run = () => prefillResident(this.config, this.weights, this.attentions[seq], tokens, this.#invFreq, { dtype: 'bf16', ...rest, stream: this.stream });
     const done = this.#tail.then(run);
     this.#tail = done.then(() => undefined, () => undefined);
     return done;
@@ -88,7 +107,7 @@ export class ResidentDecoder {
    * at pos + 1 (never stored). Returns the chosen token of each row (argmax, or row 0 drawn: sampleOnDevice).
    */
   async step(tokens: Int32Array, pos: number): Promise<Int32Array> {
-    return this.#queued(() => this.#enqueue(tokens, pos, tokens.length as 1 | 2)).then((r) => r.ids);
+    return this.#queued(() => this.#enqueue(tokens, [pos], tokens.length as 1 | 2)).then((r) => r.ids);
   }
 
   /**
@@ -97,7 +116,16 @@ export class ResidentDecoder {
    * they arrive without overwriting them.
    */
   stepWithLogits(tokens: Int32Array | null, pos: number, rows: 1 | 2): Promise<{ ids: Int32Array; logits: Float32Array }> {
-    return this.#queued(() => this.#enqueue(tokens, pos, rows, true)).then(async (r) => ({ ids: r.ids, logits: await r.logits! }));
+    return this.stepBatch(tokens, [pos], rows);
+  }
+
+  /**
+   * A step of every sequence: sequence s at positions[s] (and its guess at positions[s] + 1 when rowsPer is 2), fed by
+   * `tokens` [B * rowsPer] or, when null, by the last step's ids on the device. Brings back the ids [B * rowsPer] and
+   * the logits [B * rowsPer, vocab].
+   */
+  stepBatch(tokens: Int32Array | null, positions: readonly number[], rowsPer: 1 | 2): Promise<{ ids: Int32Array; logits: Float32Array }> {
+    return this.#queued(() => this.#enqueue(tokens, positions, rowsPer, true)).then(async (r) => ({ ids: r.ids, logits: await r.logits! }));
   }
 
   /**
@@ -106,11 +134,12 @@ export class ResidentDecoder {
    * the GPU never waits for it. Resolves with this step's chosen ids.
    */
   stepOnDevice(pos: number, rows: 1 | 2): Promise<Int32Array> {
-    return this.#queued(() => this.#enqueue(null, pos, rows)).then((r) => r.ids);
+    return this.#queued(() => this.#enqueue(null, [pos], rows)).then((r) => r.ids);
   }
 
   /** Steps enqueued from now on draw row 0 on the device (cudaSample) instead of taking its argmax. */
   sampleOnDevice(sampler: DeviceSampler): void {
+    if (sampler.random.length !== this.attentions.length) throw new KvoffArgumentError('sampler random', `one stream per sequence (${this.attentions.length})`, sampler.random.length);
     this.#sampleScratch ??= DeviceArena.create(new DeviceLayout().add('scratch', native().cudaSampleScratchBytes({ n: this.config.vocabSize })));
     this.#sampler = sampler;
   }
@@ -131,17 +160,21 @@ export class ResidentDecoder {
   #tail: Promise<void> = Promise.resolve();
 
   /** Enqueues a whole step; resolves once it is enqueued, with the promise of its chosen ids (boxed: not awaited). */
-  async #enqueue(tokens: Int32Array | null, pos: number, rows: 1 | 2, withLogits = false): Promise<Enqueued> {
+  async #enqueue(tokens: Int32Array | null, positions: readonly number[], rowsPer: 1 | 2, withLogits = false): Promise<Enqueued> {
     const c = this.config;
     const a = this.#acts;
     const stream = this.stream;
+    const B = positions.length;
+    if (B !== this.attentions.length) throw new KvoffArgumentError('step positions', `one per sequence (${this.attentions.length})`, B);
+    const rows = B * rowsPer;
+    if (tokens && tokens.length !== rows) throw new KvoffArgumentError('step tokens', `${rows} ids (${rowsPer} per sequence)`, tokens.length);
     const t0 = performance.now();
     const mark = this.profile ? (phase: string) => this.profile!.mark(phase) : undefined;
     mark?.('between steps (GPU idle)');
     const embed = { table: this.#embed, vocab: c.vocabSize, hidden: c.hiddenSize, out: a.ref('x'), stream };
     if (tokens) native().cudaEmbed({ ...embed, ids: tokens });
     else native().cudaEmbedDevice({ ...embed, ids: a.ref('ids'), rows });
-    const { cos, sin } = ropeTables(this.#invFreq, rows === 1 ? [pos] : [pos, pos + 1]);
+    const { cos, sin } = ropeTables(this.#invFreq, positions.flatMap((p) => (rowsPer === 1 ? [p] : [p, p + 1])));
     native().cudaUpload({ dst: a.ref('cos'), data: cos, stream });
     native().cudaUpload({ dst: a.ref('sin'), data: sin, stream });
     const k = this.#kernels;
@@ -150,8 +183,24 @@ export class ResidentDecoder {
       else k.pre(a, l, rows);
       mark?.('qkv projection');
       this.signal?.throwIfAborted();
-      const pending = this.attention.attend(l, a, { pos, rows, mark, signal: this.signal });
-      if (pending) await pending; // only exact's CPU part: the device policies enqueue without yielding
+      // Only exact's and tiered's CPU parts yield: the device policies enqueue without waiting. A batch's CPU parts
+      // run together; each sequence's device work touches only its own rows and buffers.
+      const pending: Promise<void>[] = [];
+      const steps = positions.map((pos, s) => ({ pos, rows: rowsPer, row0: s * rowsPer, mark, signal: this.signal }));
+      const lead = this.attentions[0];
+      if (lead.attendBatch) {
+        const p = lead.attendBatch(l, a, steps, this.attentions);
+        if (p) pending.push(p);
+      } else {
+        for (let s = 0; s < B; s++) {
+          const p = this.attentions[s].attend(l, a, steps[s]);
+          if (p) pending.push(p);
+        }
+      }
+      if (pending.length > 0) {
+        const failed = (await Promise.allSettled(pending)).find((r) => r.status === 'rejected');
+        if (failed) throw (failed as PromiseRejectedResult).reason;
+      }
       mark?.('attention');
       if (this.#graphs) this.#graphs.run(`post ${l} ${rows}`, () => k.post(a, l, rows));
       else k.post(a, l, rows);
@@ -159,18 +208,21 @@ export class ResidentDecoder {
     }
     this.#kernels.head(a, rows);
     const sm = this.#sampler;
+    const V = c.vocabSize;
     if (sm) {
-      // Row 0 is drawn; row 1 (the speculative guess) keeps its argmax: a guess only steers the prefetch.
-      const draw = { temperature: sm.temperature, topK: sm.topK, topP: sm.topP, u: sm.random() };
-      native().cudaSample({ x: a.ref('logits'), n: c.vocabSize, ...draw, out: a.ref('ids'), scratch: this.#sampleScratch!.ref('scratch'), stream });
-      if (rows === 2) native().cudaArgmax({ x: a.ref('logits', c.vocabSize * 4), m: 1, n: c.vocabSize, out: a.ref('ids', 4), stream });
+      // Each sequence's real row is drawn; its guess row keeps its argmax: a guess only steers the prefetch.
+      for (let s = 0; s < B; s++) {
+        const r = s * rowsPer;
+        const draw = { temperature: sm.temperature, topK: sm.topK, topP: sm.topP, u: sm.random[s]() };
+        native().cudaSample({ x: a.ref('logits', r * V * 4), n: V, ...draw, out: a.ref('ids', r * 4), scratch: this.#sampleScratch!.ref('scratch'), stream });
+        if (rowsPer === 2) native().cudaArgmax({ x: a.ref('logits', (r + 1) * V * 4), m: 1, n: V, out: a.ref('ids', (r + 1) * 4), stream });
+      }
     } else {
       native().cudaArgmax({ x: a.ref('logits'), m: rows, n: c.vocabSize, out: a.ref('ids'), stream });
     }
     mark?.('lm head + choice');
     this.enqueueMs = performance.now() - t0;
     const ids = native().cudaDownload({ src: a.ref('ids'), bytes: rows * 4, stream });
-    const V = c.vocabSize;
     const logits = withLogits ? native().cudaDownload({ src: a.ref('logits'), bytes: rows * V * 4, stream }).then((b) => new Float32Array(b.buffer, b.byteOffset, rows * V)) : undefined;
     return { ids: ids.then((b) => new Int32Array(b.buffer, b.byteOffset, rows).slice()), logits };
   }

@@ -128,10 +128,14 @@ export class Engine {
     // A share of the run's own full-precision KV (what dense would hold), e.g. "10%".
     const pct = this.options.vramBudgetPercent;
     const budget = pct === null ? this.options.vramBudget : Math.floor((HostKvCache.bytesFor(shape) * pct) / 100);
-    if (B === 1 && this.options.residentStep) {
-      const run = ResidentRun.open({ model: this.#model, spec, given: this.options.knobs, budget, shape, capacity: totals[0], promptTokens: ids[0].length, pool: this.#pool });
+    if (this.options.residentStep) {
+      // On the device each sequence owns its blocks (no shared prefix): the budget's share is of that KV.
+      const own = this.#cacheShape(totals.reduce((n, total) => n + Math.ceil(total / bs), 0) * bs);
+      const ownBudget = pct === null ? budget : Math.floor((HostKvCache.bytesFor(own) * pct) / 100);
+      const promptTokens = Math.min(...ids.map((t) => t.length));
+      const run = ResidentRun.open({ model: this.#model, spec, given: this.options.knobs, budget: ownBudget, shape: own, capacities: totals, promptTokens, pool: this.#pool });
       if (run) {
-        yield* this.#runResident(run, ids[0], totals[0], maxNew, sampling, opts);
+        yield* this.#runResident(run, ids, totals, maxNew, sampling, opts);
         return;
       }
     }
@@ -217,8 +221,8 @@ export class Engine {
     return { full, piece: full.startsWith(before) ? full.slice(before.length) : full };
   }
 
-  /** One prompt with prefill and every decode step on the device (resident-run.ts, resident-loop.ts). */
-  async *#runResident(run: ResidentRun, ids: Int32Array, total: number, maxNew: number, sampling: Required<SamplingOptions>, opts: GenerateOptions): AsyncGenerator<BatchToken> {
+  /** Prompts with prefill and every decode step on the device (resident-run.ts, resident-loop.ts). */
+  async *#runResident(run: ResidentRun, ids: Int32Array[], totals: number[], maxNew: number, sampling: Required<SamplingOptions>, opts: GenerateOptions): AsyncGenerator<BatchToken> {
     const stats = this.#stats;
     this.#lastKnobs = run.knobs;
     stats.deviceBytes = run.deviceBytes;
@@ -227,17 +231,17 @@ export class Engine {
     const { signal, release } = followSignal(opts.signal);
     run.decoder.signal = signal;
     try {
-      const generated: number[] = [];
-      let text = '';
+      const generated: number[][] = ids.map(() => []);
+      const texts = ids.map(() => '');
       const ctx = {
         config: this.#model.config, stats, prefillChunk: this.options.residentPrefillChunk, kvDtype: this.options.kvDtype, signal,
         stopAtEos: opts.stopAtEos !== false, onPrefill: opts.onPrefill,
       };
-      for await (const { token, logits } of residentLoop(run, ids, total, maxNew, sampling, ctx)) {
-        generated.push(token);
-        const { full, piece } = this.#piece(generated, text);
-        text = full;
-        yield { seq: 0, token, text: piece, logits };
+      for await (const { seq, token, logits } of residentLoop(run, ids, totals, maxNew, sampling, ctx)) {
+        generated[seq].push(token);
+        const { full, piece } = this.#piece(generated[seq], texts[seq]);
+        texts[seq] = full;
+        yield { seq, token, text: piece, logits };
       }
     } finally {
       release();

@@ -1,4 +1,4 @@
-// The engine's device-resident run (CUDA backend, one sequence): prefill and every decode step on the GPU through
+// The engine's device-resident run (CUDA backend, one sequence or a batch): prefill and every decode step on the GPU through
 // ResidentDecoder, with the policy's KV where the design puts it (dense: all on the device; specache: low-bit copy
 // and hot set on the device, full precision in pinned host memory; tiered: specache's device part selected by the
 // step's own query, plus the next cpuK tokens attended by the CPU workers; exact and cpu: host KV attended by the
@@ -30,17 +30,18 @@ export interface ResidentRunRequest {
   spec: PolicySpec;
   given: Knobs; // the knobs the user set
   budget: number; // device KV bytes; Infinity when uncapped
-  shape: HostKvShape; // the run's host cache (numBlocks covers capacity)
-  capacity: number; // tokens the sequence may reach (prompt + new tokens)
-  promptTokens: number;
+  shape: HostKvShape; // the run's host cache (numBlocks covers every sequence's capacity, in whole blocks)
+  capacities: readonly number[]; // tokens each sequence may reach (prompt + new tokens): one per sequence
+  promptTokens: number; // the shortest prompt
   pool: CpuAttentionPool;
 }
 
 /** A knob setting and what it costs on the device, or why the resident step cannot take it. */
 interface Candidate {
   knobs: Knobs;
-  bytes: number;
-  build: (host: HostKv | null, stream: number, copyStream: number, weights: DeviceArena) => ResidentAttention;
+  bytes: (capacity: number, seq: number, batch: number) => number; // of sequence seq of a batch
+  /** Sequence `seq` of `batch`: the policies that run a batch's layer at once size the leader's (seq 0's) buffers by it. */
+  build: (capacity: number, host: HostKv | null, stream: number, copyStream: number, weights: DeviceArena, seq: number, batch: number) => ResidentAttention;
 }
 
 /**
@@ -54,20 +55,19 @@ export function residentExactHot(spec: PolicySpec, given: Knobs): { sinks: numbe
 
 function candidates(r: ResidentRunRequest): Candidate[] {
   const c = r.model.config;
-  const s = (stream: number) => ({ config: c, capacity: r.capacity, dtype: r.shape.dtype, stream });
+  const s = (capacity: number, stream: number) => ({ config: c, capacity, dtype: r.shape.dtype, stream });
   switch (r.spec.name) {
     case 'dense':
-      return [{ knobs: {}, bytes: denseKvBytes(c, r.capacity), build: (_h, stream) => new DenseResident(s(stream)) }];
+      return [{ knobs: {}, bytes: (cap) => denseKvBytes(c, cap), build: (cap, _h, stream) => new DenseResident(s(cap, stream)) }];
     case 'cpu':
-      return [{ knobs: {}, bytes: exactDeviceBytes(c, { sinks: 0, window: 0 }), build: (h, stream) => new ExactResident(s(stream), { sinks: 0, window: 0 }, h!, r.pool) }];
+      return [{ knobs: {}, bytes: () => exactDeviceBytes(c, { sinks: 0, window: 0 }), build: (cap, h, stream) => new ExactResident(s(cap, stream), { sinks: 0, window: 0 }, h!, r.pool) }];
     case 'exact': {
       const hot = residentExactHot(r.spec, r.given);
-      return [{ knobs: hot, bytes: exactDeviceBytes(c, hot), build: (h, stream) => new ExactResident(s(stream), hot, h!, r.pool) }];
+      return [{ knobs: hot, bytes: () => exactDeviceBytes(c, hot), build: (cap, h, stream) => new ExactResident(s(cap, stream), hot, h!, r.pool) }];
     }
     case 'specache':
     case 'tiered':
-      // Left to the budget, the key bits go first (partialRatio 1/4 -> 1/8 -> 1/16: 4 -> 2 -> 1 bits), then the top-k.
-      return (r.given.partialRatio !== undefined ? [r.given.partialRatio] : [0.25, 0.125, 0.0625]).flatMap((partialRatio) => r.spec.candidates({ ...r.given, partialRatio })).flatMap((k) => {
+      return r.spec.candidates(r.given).flatMap((k) => {
         const cpuK = r.spec.name === 'tiered' ? k.cpuK : 0;
         const knobs: SpecacheKnobs = { topK: k.topK, sinks: k.sinks, window: k.window, bits: k.bits as 1 | 2 | 4, keyGroupSize: k.keyGroupSize as 32 | 64, cpuK };
         // The device kernels need a window of whole key groups and a context the top-k can pick from.
@@ -76,8 +76,8 @@ function candidates(r: ResidentRunRequest): Candidate[] {
         if (knobs.window % knobs.keyGroupSize !== 0 || r.promptTokens < knobs.sinks + knobs.window + knobs.topK || (r.spec.name === 'tiered' && (cpuK === 0 || knobs.topK + cpuK > 4096))) return [];
         const { cpuK: _, ...common } = knobs;
         return [{
-          knobs: r.spec.name === 'tiered' ? { ...knobs } : common, bytes: specacheDeviceBytes(c, r.capacity, knobs),
-          build: (h, stream, copy) => new SpecacheResident(s(stream), knobs, h!, copy, cpuK > 0 ? r.pool : null),
+          knobs: r.spec.name === 'tiered' ? { ...knobs } : common, bytes: (cap) => specacheDeviceBytes(c, cap, knobs),
+          build: (cap, h, stream, copy) => new SpecacheResident(s(cap, stream), knobs, h!, copy, cpuK > 0 ? r.pool : null),
         }];
       });
     case 'infinigen':
@@ -87,8 +87,8 @@ function candidates(r: ResidentRunRequest): Candidate[] {
         const knobs: InfinigenResidentKnobs = { topK: k.topK, partialRatio: k.partialRatio, window: k.window, sinks: k.sinks };
         if (knobs.window < INFINIGEN_KEY_GROUP || knobs.window % INFINIGEN_KEY_GROUP !== 0 || r.promptTokens < knobs.sinks + knobs.window + 1) return [];
         return [{
-          knobs: { ...knobs }, bytes: infinigenDeviceBytes(c, r.capacity, knobs),
-          build: (h, stream, copy, weights) => new InfinigenResident(s(stream), knobs, h!, copy, weights),
+          knobs: { ...knobs }, bytes: (cap, seq, batch) => infinigenDeviceBytes(c, cap, knobs, seq === 0 ? batch : 0),
+          build: (cap, h, stream, copy, weights, seq, batch) => new InfinigenResident(s(cap, stream), knobs, h!, copy, weights, seq === 0 ? batch : 0),
         }];
       });
     default:
@@ -119,14 +119,13 @@ function stepBytesOf(c: ModelConfig, attention: ResidentAttention, k: Knobs): { 
 
 export class ResidentRun {
   readonly decoder: ResidentDecoder;
-  readonly stepBytes: { h2d: number; d2h: number }; // PCIe bytes of one decode step (stepBytesOf)
+  readonly stepBytes: { h2d: number; d2h: number }; // PCIe bytes of one sequence's decode step (stepBytesOf)
   readonly #cache: HostKvCache | null;
   readonly #streams: number[];
   #live = true;
 
   private constructor(
     readonly knobs: Knobs,
-    readonly attention: ResidentAttention,
     cache: HostKvCache | null,
     decoder: ResidentDecoder,
     streams: number[],
@@ -134,44 +133,60 @@ export class ResidentRun {
     this.#cache = cache;
     this.decoder = decoder;
     this.#streams = streams;
-    this.stepBytes = stepBytesOf(decoder.config, attention, knobs);
+    this.stepBytes = stepBytesOf(decoder.config, decoder.attention, knobs);
   }
 
   /**
-   * The resident run for this request, or null when the device step does not cover it (another backend or policy,
-   * or knobs its kernels refuse): the engine then takes its host-side path. A budget too small fails here, as the
-   * host-side plan would, naming the smallest that works.
+   * The resident run for this request (one sequence or a batch), or null when the device step does not cover it
+   * (another backend or policy, or knobs its kernels refuse): the engine then takes its host-side path. The batch
+   * shares the budget: a budget too small for every sequence fails here, as the host-side plan would, naming the
+   * smallest that works.
    */
   static open(r: ResidentRunRequest): ResidentRun | null {
     if (r.model.backend !== 'cuda' || !(r.model.dense instanceof CudaDenseLayers) || !RESIDENT_POLICIES.includes(r.spec.name)) return null;
     const list = candidates(r);
     if (list.length === 0) return null;
-    const chosen = list.find((k) => k.bytes <= r.budget);
+    const bytes = (k: Candidate) => r.capacities.reduce((sum, cap, seq) => sum + k.bytes(cap, seq, r.capacities.length), 0);
+    const chosen = list.find((k) => bytes(k) <= r.budget);
     if (!chosen) {
-      const needed = Math.min(...list.map((k) => k.bytes));
+      const needed = Math.min(...list.map(bytes));
+      const tokens = r.capacities.length === 1 ? `${r.capacities[0]} tokens` : `${r.capacities.length} sequences of ${r.capacities.join(', ')} tokens`;
       throw new KvoffCapacityError('bytes of KV device tier', needed, r.budget,
-        `policy ${r.spec.name} needs at least ${needed} bytes (${formatBytes(needed)}) on the device for ${r.capacity} tokens; given ${r.budget} bytes (${formatBytes(r.budget)})`);
+        `policy ${r.spec.name} needs at least ${needed} bytes (${formatBytes(needed)}) on the device for ${tokens}; given ${r.budget} bytes (${formatBytes(r.budget)})`);
     }
     const streams = [native().cudaStreamCreate({ highPriority: true }), native().cudaStreamCreate()];
     let cache: HostKvCache | null = null;
-    let attention: ResidentAttention | null = null;
+    const attentions: ResidentAttention[] = [];
     try {
-      // One sequence owns every block, in order; the device and the CPU workers read them through this table.
+      // Each sequence owns a run of whole blocks, in order; the device and the CPU workers read them through its table.
       cache = r.spec.kvHome === 'host' ? new HostKvCache(r.shape, { pin: true }) : null;
-      const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: Int32Array.from({ length: r.shape.numBlocks }, (_, i) => i) };
-      attention = chosen.build(host, streams[0], streams[1], r.model.dense.weights);
-      const decoder = new ResidentDecoder(r.model.config, r.model.dense.weights, attention, streams[0]);
-      return new ResidentRun(chosen.knobs, attention, cache, decoder, streams);
+      const bs = r.shape.blockSize;
+      let first = 0;
+      for (const [seq, cap] of r.capacities.entries()) {
+        const blocks = Math.ceil(cap / bs);
+        const ids = Int32Array.from({ length: blocks }, (_, i) => first + i);
+        first += blocks;
+        const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: ids };
+        attentions.push(chosen.build(cap, host, streams[0], streams[1], r.model.dense.weights, seq, r.capacities.length));
+      }
+      if (first > r.shape.numBlocks) throw new Error(`resident run: ${first} blocks needed, the host cache has ${r.shape.numBlocks}`);
+      const decoder = new ResidentDecoder(r.model.config, r.model.dense.weights, attentions, streams[0]);
+      return new ResidentRun(chosen.knobs, cache, decoder, streams);
     } catch (err) {
-      attention?.dispose();
+      for (const a of attentions) a.dispose();
       cache?.dispose();
       for (const s of streams) native().cudaStreamDestroy({ stream: s });
       throw err;
     }
   }
 
+  /** The first sequence's attention; every sequence's has the same policy and knobs. */
+  get attention(): ResidentAttention {
+    return this.decoder.attention;
+  }
+
   get deviceBytes(): number {
-    return this.attention.deviceBytes;
+    return this.decoder.attentions.reduce((sum, a) => sum + a.deviceBytes, 0);
   }
 
   /**
@@ -188,16 +203,8 @@ export class ResidentRun {
   }
 
   /**
-   * One step for the token at pos, and the speculative guess at pos + 1 when the policy wants one: the device's
-   * choice per row (ids [rows]) and the logits [rows, vocab].
-   */
-  step(token: number, guess: number | null, pos: number): Promise<{ ids: Int32Array; logits: Float32Array }> {
-    return this.decoder.stepWithLogits(guess === null ? Int32Array.of(token) : Int32Array.of(token, guess), pos, guess === null ? 1 : 2);
-  }
-
-  /**
    * Waits for the device, then frees the run's device and host memory and its streams. Resolves with the copy time
-   * of specache's prefetches and the part of it the steps waited for (ms; zeros for the other policies).
+   * of the prefetches (specache, tiered, infinigen) and the part of it the steps waited for (ms; zeros for the others).
    */
   async close(): Promise<{ copyMs: number; stallMs: number }> {
     if (!this.#live) return { copyMs: 0, stallMs: 0 };
@@ -205,10 +212,15 @@ export class ResidentRun {
     await this.decoder.idle(); // a step enqueued ahead (or still waiting on exact's CPU part) finishes launching first
     let synced = true;
     for (const s of this.#streams) await native().cudaStreamSynchronize({ stream: s }).catch(() => (synced = false));
-    // Timing events can be read only once complete: after a failed step they are only freed.
-    const copy = (synced && this.attention.drainCopyMs?.()) || { copyMs: 0, stallMs: 0 };
+    // Timing events can be read only once complete: after a failed step they are only freed (by dispose).
+    const copy = { copyMs: 0, stallMs: 0 };
+    for (const a of this.decoder.attentions) {
+      const t = synced ? a.drainCopyMs?.() : undefined;
+      copy.copyMs += t?.copyMs ?? 0;
+      copy.stallMs += t?.stallMs ?? 0;
+    }
     this.decoder.dispose();
-    this.attention.dispose();
+    for (const a of this.decoder.attentions) a.dispose();
     this.#cache?.dispose();
     for (const s of this.#streams) native().cudaStreamDestroy({ stream: s });
     return copy;
