@@ -2,7 +2,11 @@
 #include "args.h"
 
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <limits>
+#include <string_view>
+#include <unordered_map>
 
 namespace kvoff {
 
@@ -55,6 +59,50 @@ std::string describe_value(const Napi::Value& v) {
   return "an object";
 }
 
+namespace {
+// The property keys of this thread's environment (the main thread and each worker thread have their own), by name.
+struct KeyCache {
+  napi_env env = nullptr;
+  std::deque<std::string> names;  // owns the text the map's views point into (a deque never moves its elements)
+  std::unordered_map<std::string_view, napi_ref> refs;
+};
+thread_local KeyCache t_keys;
+
+napi_value property_key(napi_env env, const char* name) {
+  if (t_keys.env != env) {  // a new environment on this thread: the old one's references went with it
+    t_keys.refs.clear();
+    t_keys.names.clear();
+    t_keys.env = env;
+    // Forget them when it is torn down, so a later environment at the same address never reads them.
+    napi_add_env_cleanup_hook(env, [](void* e) {
+      if (t_keys.env == static_cast<napi_env>(e)) {
+        t_keys.refs.clear();
+        t_keys.names.clear();
+        t_keys.env = nullptr;
+      }
+    }, env);
+  }
+  napi_value key = nullptr;
+  auto it = t_keys.refs.find(std::string_view(name));
+  if (it != t_keys.refs.end() && napi_get_reference_value(env, it->second, &key) == napi_ok && key != nullptr) return key;
+  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &key) != napi_ok) return nullptr;
+  napi_ref ref = nullptr;
+  if (napi_create_reference(env, key, 1, &ref) == napi_ok) {
+    t_keys.names.emplace_back(name);
+    t_keys.refs[std::string_view(t_keys.names.back())] = ref;
+  }
+  return key;
+}
+}  // namespace
+
+Napi::Value Args::get_in(Napi::Object o, const char* name) const {
+  napi_value key = property_key(env_, name);
+  if (key == nullptr) return o.Get(name);
+  napi_value out = nullptr;
+  if (napi_get_property(env_, o, key, &out) != napi_ok) throw Napi::Error::New(env_);  // a throwing getter
+  return Napi::Value(env_, out);
+}
+
 Args::Args(const Napi::CallbackInfo& info, const char* fn) : env_(info.Env()), fn_(fn) {
   if (info.Length() < 1 || !info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray()) {
     throw_error(env_, kErrArg,
@@ -74,12 +122,12 @@ void Args::fail_range(const char* name, int64_t value, int64_t min, int64_t max)
 }
 
 bool Args::has(const char* name) const {
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   return !v.IsUndefined() && !v.IsNull();
 }
 
 int64_t Args::integer(const char* name, int64_t min, int64_t max) const {
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   if (!v.IsNumber()) fail(name, "an integer", describe_value(v));
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9007199254740991.0) fail(name, "an integer", describe_value(v));
@@ -93,7 +141,7 @@ int64_t Args::integer_or(const char* name, int64_t min, int64_t max, int64_t fal
 }
 
 double Args::number(const char* name) const {
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   if (!v.IsNumber()) fail(name, "a finite number", describe_value(v));
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d)) fail(name, "a finite number", describe_value(v));
@@ -102,17 +150,20 @@ double Args::number(const char* name) const {
 
 bool Args::boolean_or(const char* name, bool fallback) const {
   if (!has(name)) return fallback;
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   if (!v.IsBoolean()) fail(name, "a boolean", describe_value(v));
   return v.As<Napi::Boolean>().Value();
 }
 
 KvDtype Args::dtype(const char* name) const {
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   if (v.IsString()) {
-    std::string s = v.As<Napi::String>().Utf8Value();
-    if (s == "f16") return KvDtype::F16;
-    if (s == "bf16") return KvDtype::BF16;
+    char s[8] = {};  // on the stack: "bf16" fits, anything longer is not a dtype
+    size_t n = 0;
+    if (napi_get_value_string_utf8(env_, v, s, sizeof s, &n) == napi_ok && n < sizeof s - 1) {
+      if (std::strcmp(s, "f16") == 0) return KvDtype::F16;
+      if (std::strcmp(s, "bf16") == 0) return KvDtype::BF16;
+    }
   }
   fail(name, "\"f16\" or \"bf16\"", describe_value(v));
 }
@@ -136,26 +187,29 @@ static napi_typedarray_type elem_napi(ElemType t) {
 }
 
 void* Args::buffer(const char* name, ElemType type, size_t count, size_t* size, std::shared_ptr<Arena>* keep) const {
-  Napi::Value v = opts_.Get(name);
-  const std::string tname = typed_array_name(elem_napi(type));
-  const std::string want = count == SIZE_MAX ? tname : tname + "(" + std::to_string(count) + ")";
+  Napi::Value v = get(name);
+  // What was expected, for a message only (built lazily: this runs for every typed array of every call).
+  auto want = [&]() {
+    const std::string tname = typed_array_name(elem_napi(type));
+    return count == SIZE_MAX ? tname : tname + "(" + std::to_string(count) + ")";
+  };
   if (v.IsTypedArray()) {
     auto ta = v.As<Napi::TypedArray>();
-    if (ta.TypedArrayType() != elem_napi(type)) fail(name, want, describe_value(v));
+    if (ta.TypedArrayType() != elem_napi(type)) fail(name, want(), describe_value(v));
     size_t n = ta.ElementLength();
-    if (count != SIZE_MAX && n != count) fail(name, want, describe_value(v));
+    if (count != SIZE_MAX && n != count) fail(name, want(), describe_value(v));
     // napi_get_typedarray_info, not ArrayBuffer().Data(): the latter fails for SharedArrayBuffer views.
     void* data = nullptr;
     if (napi_get_typedarray_info(env_, v, nullptr, nullptr, &data, nullptr, nullptr) != napi_ok)
-      fail(name, want, "a typed array whose memory could not be read");
+      fail(name, want(), "a typed array whose memory could not be read");
     *size = n;
     return data;
   }
   // Arena reference: {handle, offset} with the element count implied by the shape.
   if (v.IsObject() && !v.IsArray() && count != SIZE_MAX) {
     Napi::Object ref = v.As<Napi::Object>();
-    Napi::Value hv = ref.Get("handle"), ov = ref.Get("offset");
-    if (!hv.IsNumber() || !ov.IsNumber()) fail(name, want + " or an arena reference {handle, offset}", describe_value(v));
+    Napi::Value hv = get_in(ref, "handle"), ov = get_in(ref, "offset");
+    if (!hv.IsNumber() || !ov.IsNumber()) fail(name, want() + " or an arena reference {handle, offset}", describe_value(v));
     double hd = hv.As<Napi::Number>().DoubleValue(), od = ov.As<Napi::Number>().DoubleValue();
     if (hd != std::floor(hd) || od != std::floor(od) || hd < 1 || od < 0 || od > 9007199254740991.0)
       fail(name, "an arena reference with integer handle >= 1 and offset >= 0", "handle " + describe_value(hv) + ", offset " + describe_value(ov));
@@ -171,7 +225,7 @@ void* Args::buffer(const char* name, ElemType type, size_t count, size_t* size, 
     *keep = a;
     return a->ptr + off;
   }
-  fail(name, want, describe_value(v));
+  fail(name, want(), describe_value(v));
 }
 
 #define KVOFF_SPAN(method, T, ET)                                  \

@@ -50,6 +50,10 @@ class Args {
   Span<int32_t> i32(const char* name, size_t count) const;
   Span<uint8_t> u8(const char* name, size_t count) const;
   Span<uint16_t> u16(const char* name, size_t count) const;
+  // opts[name], or o[name]: through property keys made once per thread (napi_get_named_property makes a new JS
+  // string on every call, and a decode step makes thousands of these calls).
+  Napi::Value get(const char* name) const { return get_in(opts_, name); }
+  Napi::Value get_in(Napi::Object o, const char* name) const;
   [[noreturn]] void fail(const char* name, const std::string& expected, const std::string& received) const;
   [[noreturn]] void fail_range(const char* name, int64_t value, int64_t min, int64_t max) const;
 

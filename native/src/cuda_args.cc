@@ -11,19 +11,18 @@ constexpr int64_t kMaxSafe = 9007199254740991LL;
 
 CudaArgs::CudaArgs(const Napi::CallbackInfo& info, const char* fn) : Args(info, fn), opts_(info[0].As<Napi::Object>()), fn_(fn) {}
 
-int64_t CudaArgs::nested_integer(Napi::Object o, const std::string& field, const char* key, int64_t min, int64_t max) const {
-  const std::string name = field + "." + key;
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) fail(name.c_str(), "an integer", describe_value(v));
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > static_cast<double>(kMaxSafe)) fail(name.c_str(), "an integer", describe_value(v));
+int64_t CudaArgs::nested_integer(Napi::Object o, const char* field, const char* key, int64_t min, int64_t max) const {
+  Napi::Value v = get_in(o, key);
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  // The field's full name is built only for a message: this runs twice for every device reference of every call.
+  if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > static_cast<double>(kMaxSafe)) fail((std::string(field) + "." + key).c_str(), "an integer", describe_value(v));
   const int64_t i = static_cast<int64_t>(d);
-  if (i < min || i > max) fail_range(name.c_str(), i, min, max);
+  if (i < min || i > max) fail_range((std::string(field) + "." + key).c_str(), i, min, max);
   return i;
 }
 
 DevRef CudaArgs::dev_ref(const char* name) const {
-  Napi::Value v = opts_.Get(name);
+  Napi::Value v = get(name);
   if (!v.IsObject() || v.IsArray() || v.IsTypedArray() || v.IsFunction())
     fail(name, "a device reference {devHandle, devOffset}", describe_value(v));
   Napi::Object o = v.As<Napi::Object>();
@@ -38,8 +37,8 @@ uint32_t CudaArgs::stream_handle(const char* name) const { return static_cast<ui
 uint32_t CudaArgs::event_handle(const char* name) const { return static_cast<uint32_t>(integer(name, 1, 0xffffffffLL)); }
 
 void require_gpu(Napi::Env env, const std::string& fn) {
+  if (cuda_usable()) return;
   const CudaInfo info = cuda_info();
-  if (info.deviceCount > 0) return;
   throw_error(env, kErrDevice, "Expected a usable CUDA GPU for " + fn + " but received none: " +
                                    (info.built ? "no usable GPU (" : "CUDA not built (") + info.reason + ")");
 }

@@ -31,7 +31,7 @@ class CudaArgs : public Args {
   void check(const CudaStatus& s) const;
 
  private:
-  int64_t nested_integer(Napi::Object o, const std::string& field, const char* key, int64_t min, int64_t max) const;
+  int64_t nested_integer(Napi::Object o, const char* field, const char* key, int64_t min, int64_t max) const;
   Napi::Object opts_;
   std::string fn_;
 };

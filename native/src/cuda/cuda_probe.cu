@@ -32,7 +32,10 @@ CudaInfo cuda_info() {
   return info;
 }
 
-bool cuda_usable() { return cuda_info().deviceCount > 0; }
+bool cuda_usable() {
+  static const bool usable = cuda_info().deviceCount > 0;  // probed once: every kernel call asks
+  return usable;
+}
 
 bool cuda_host_register(void* p, size_t bytes, std::string* why) {
   cudaError_t err = cudaHostRegister(p, bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
