@@ -3,10 +3,7 @@
 
 #include <cmath>
 #include <cstring>
-#include <deque>
 #include <limits>
-#include <string_view>
-#include <unordered_map>
 
 namespace kvoff {
 
@@ -59,49 +56,7 @@ std::string describe_value(const Napi::Value& v) {
   return "an object";
 }
 
-namespace {
-// The property keys of this thread's environment (the main thread and each worker thread have their own), by name.
-struct KeyCache {
-  napi_env env = nullptr;
-  std::deque<std::string> names;  // owns the text the map's views point into (a deque never moves its elements)
-  std::unordered_map<std::string_view, napi_ref> refs;
-};
-thread_local KeyCache t_keys;
-
-napi_value property_key(napi_env env, const char* name) {
-  if (t_keys.env != env) {  // a new environment on this thread: the old one's references went with it
-    t_keys.refs.clear();
-    t_keys.names.clear();
-    t_keys.env = env;
-    // Forget them when it is torn down, so a later environment at the same address never reads them.
-    napi_add_env_cleanup_hook(env, [](void* e) {
-      if (t_keys.env == static_cast<napi_env>(e)) {
-        t_keys.refs.clear();
-        t_keys.names.clear();
-        t_keys.env = nullptr;
-      }
-    }, env);
-  }
-  napi_value key = nullptr;
-  auto it = t_keys.refs.find(std::string_view(name));
-  if (it != t_keys.refs.end() && napi_get_reference_value(env, it->second, &key) == napi_ok && key != nullptr) return key;
-  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &key) != napi_ok) return nullptr;
-  napi_ref ref = nullptr;
-  if (napi_create_reference(env, key, 1, &ref) == napi_ok) {
-    t_keys.names.emplace_back(name);
-    t_keys.refs[std::string_view(t_keys.names.back())] = ref;
-  }
-  return key;
-}
-}  // namespace
-
-Napi::Value Args::get_in(Napi::Object o, const char* name) const {
-  napi_value key = property_key(env_, name);
-  if (key == nullptr) return o.Get(name);
-  napi_value out = nullptr;
-  if (napi_get_property(env_, o, key, &out) != napi_ok) throw Napi::Error::New(env_);  // a throwing getter
-  return Napi::Value(env_, out);
-}
+Napi::Value Args::get_in(Napi::Object o, const char* name) const { return o.Get(name); }
 
 Args::Args(const Napi::CallbackInfo& info, const char* fn) : env_(info.Env()), fn_(fn) {
   if (info.Length() < 1 || !info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray()) {
