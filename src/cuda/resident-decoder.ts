@@ -137,7 +137,7 @@ export class ResidentDecoder {
     return this.#queued(() => this.#enqueue(null, [pos], rows)).then((r) => r.ids);
   }
 
-  /** Steps enqueued from now on draw row 0 on the device (cudaSample) instead of taking its argmax. */
+  /** Steps enqueued from now on draw each sequence's real row on the device (cudaSample) instead of taking its argmax. */
   sampleOnDevice(sampler: DeviceSampler): void {
     if (sampler.random.length !== this.attentions.length) throw new KvoffArgumentError('sampler random', `one stream per sequence (${this.attentions.length})`, sampler.random.length);
     this.#sampleScratch ??= DeviceArena.create(new DeviceLayout().add('scratch', native().cudaSampleScratchBytes({ n: this.config.vocabSize })));
