@@ -83,7 +83,7 @@ function candidates(r: ResidentRunRequest): Candidate[] {
     case 'infinigen':
       // The device step ranks from a window of whole key groups, with at least one token between sinks and window.
       // Left to the budget, the key bits go first (partialRatio 1/4 -> 1/8 -> 1/16: 4 -> 2 -> 1 bits), then the top-k.
-      return byTopKThenBits(r).flatMap((k) => {
+      return byTopKThenBits(r.spec, r.given).flatMap((k) => {
         const knobs: InfinigenResidentKnobs = { topK: k.topK, partialRatio: k.partialRatio, window: k.window, sinks: k.sinks };
         if (knobs.window < INFINIGEN_KEY_GROUP || knobs.window % INFINIGEN_KEY_GROUP !== 0 || r.promptTokens < knobs.sinks + knobs.window + 1) return [];
         return [{
@@ -100,9 +100,9 @@ function candidates(r: ResidentRunRequest): Candidate[] {
  * infinigen's settings in the order the budget tries them: at each top-k (the policy's halvings), 4, 2 then 1 key
  * bits (partialRatio 1/4, 1/8, 1/16) unless the user set partialRatio.
  */
-function byTopKThenBits(r: ResidentRunRequest): Knobs[] {
-  const ratios = r.given.partialRatio !== undefined ? [r.given.partialRatio] : [0.25, 0.125, 0.0625];
-  const lists = ratios.map((partialRatio) => r.spec.candidates({ ...r.given, partialRatio }));
+export function byTopKThenBits(spec: PolicySpec, given: Knobs): Knobs[] {
+  const ratios = given.partialRatio !== undefined ? [given.partialRatio] : [0.25, 0.125, 0.0625];
+  const lists = ratios.map((partialRatio) => spec.candidates({ ...given, partialRatio }));
   return lists[0].flatMap((_, i) => lists.map((l) => l[i]));
 }
 
