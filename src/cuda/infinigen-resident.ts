@@ -23,7 +23,7 @@ import {
 export interface InfinigenResidentKnobs {
   topK: number;
   partialRatio: number;
-  window: number; // a multiple of KEY_GROUP: a completed key group is contiguous in the window ring
+  window: number; // a multiple of INFINIGEN_KEY_GROUP: a completed key group is contiguous in the window ring
   sinks: number;
 }
 
@@ -220,6 +220,8 @@ export class InfinigenResident implements ResidentAttention {
   attendBatch(layer: number, a: DeviceArena, steps: readonly StepRows[], peers: readonly ResidentAttention[]): void {
     const seqs = peers as InfinigenResident[];
     if (seqs[0] !== this || seqs.length > this.specRows) throw new Error(`infinigen: a batch of ${seqs.length} led by a sequence sized for ${this.specRows}`);
+    // The speculation reads every sequence's row at once: one row each, one after another.
+    if (steps.some((st, i) => st.rows !== 1 || (st.row0 ?? 0) !== (steps[0].row0 ?? 0) + i)) throw new Error('infinigen: a batch\'s rows must be one a sequence, consecutive');
     steps.forEach((step, i) => seqs[i].#ranked(step.pos + 1)); // a context too short is refused before anything is enqueued
     steps.forEach((step, i) => seqs[i].#store(layer, a, step));
     steps[0].mark?.('store');
