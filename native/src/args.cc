@@ -56,8 +56,6 @@ std::string describe_value(const Napi::Value& v) {
   return "an object";
 }
 
-Napi::Value Args::get_in(Napi::Object o, const char* name) const { return o.Get(name); }
-
 Args::Args(const Napi::CallbackInfo& info, const char* fn) : env_(info.Env()), fn_(fn) {
   if (info.Length() < 1 || !info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray()) {
     throw_error(env_, kErrArg,
@@ -77,12 +75,12 @@ void Args::fail_range(const char* name, int64_t value, int64_t min, int64_t max)
 }
 
 bool Args::has(const char* name) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   return !v.IsUndefined() && !v.IsNull();
 }
 
 int64_t Args::integer(const char* name, int64_t min, int64_t max) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   if (!v.IsNumber()) fail(name, "an integer", describe_value(v));
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9007199254740991.0) fail(name, "an integer", describe_value(v));
@@ -96,7 +94,7 @@ int64_t Args::integer_or(const char* name, int64_t min, int64_t max, int64_t fal
 }
 
 double Args::number(const char* name) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   if (!v.IsNumber()) fail(name, "a finite number", describe_value(v));
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d)) fail(name, "a finite number", describe_value(v));
@@ -105,13 +103,13 @@ double Args::number(const char* name) const {
 
 bool Args::boolean_or(const char* name, bool fallback) const {
   if (!has(name)) return fallback;
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   if (!v.IsBoolean()) fail(name, "a boolean", describe_value(v));
   return v.As<Napi::Boolean>().Value();
 }
 
 KvDtype Args::dtype(const char* name) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   if (v.IsString()) {
     char s[8] = {};  // on the stack: "bf16" fits, anything longer is not a dtype
     size_t n = 0;
@@ -142,7 +140,7 @@ static napi_typedarray_type elem_napi(ElemType t) {
 }
 
 void* Args::buffer(const char* name, ElemType type, size_t count, size_t* size, std::shared_ptr<Arena>* keep) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   // What was expected, for a message only (built lazily: this runs for every typed array of every call).
   auto want = [&]() {
     const std::string tname = typed_array_name(elem_napi(type));
@@ -163,7 +161,7 @@ void* Args::buffer(const char* name, ElemType type, size_t count, size_t* size, 
   // Arena reference: {handle, offset} with the element count implied by the shape.
   if (v.IsObject() && !v.IsArray() && count != SIZE_MAX) {
     Napi::Object ref = v.As<Napi::Object>();
-    Napi::Value hv = get_in(ref, "handle"), ov = get_in(ref, "offset");
+    Napi::Value hv = ref.Get("handle"), ov = ref.Get("offset");
     if (!hv.IsNumber() || !ov.IsNumber()) fail(name, want() + " or an arena reference {handle, offset}", describe_value(v));
     double hd = hv.As<Napi::Number>().DoubleValue(), od = ov.As<Napi::Number>().DoubleValue();
     if (hd != std::floor(hd) || od != std::floor(od) || hd < 1 || od < 0 || od > 9007199254740991.0)

@@ -12,7 +12,7 @@ constexpr int64_t kMaxSafe = 9007199254740991LL;
 CudaArgs::CudaArgs(const Napi::CallbackInfo& info, const char* fn) : Args(info, fn), opts_(info[0].As<Napi::Object>()), fn_(fn) {}
 
 int64_t CudaArgs::nested_integer(Napi::Object o, const char* field, const char* key, int64_t min, int64_t max) const {
-  Napi::Value v = get_in(o, key);
+  Napi::Value v = o.Get(key);
   const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
   // The field's full name is built only for a message: this runs twice for every device reference of every call.
   if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > static_cast<double>(kMaxSafe)) fail((std::string(field) + "." + key).c_str(), "an integer", describe_value(v));
@@ -22,7 +22,7 @@ int64_t CudaArgs::nested_integer(Napi::Object o, const char* field, const char* 
 }
 
 DevRef CudaArgs::dev_ref(const char* name) const {
-  Napi::Value v = get(name);
+  Napi::Value v = opts_.Get(name);
   if (!v.IsObject() || v.IsArray() || v.IsTypedArray() || v.IsFunction())
     fail(name, "a device reference {devHandle, devOffset}", describe_value(v));
   Napi::Object o = v.As<Napi::Object>();

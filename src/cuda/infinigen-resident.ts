@@ -15,7 +15,7 @@ import { native, type DevRef } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
 import {
-  attnRef, drainPairs, kvRegionBytes, partialsLayout, qkvRefs, scaleOf, waitFor,
+  attnRef, drainPairs, freePairs, kvRegionBytes, partialsLayout, qkvRefs, scaleOf, waitFor, waitTimed,
   type HostKv, type ResidentAttention, type ResidentShape, type StepRows,
 } from './resident-attention.js';
 
@@ -86,6 +86,7 @@ export class InfinigenResident implements ResidentAttention {
   readonly #hotCap: number;
   readonly #w: Array<{ inNorm: DevRef; qkv: DevRef; qkvBias: DevRef | null }>; // each layer's query-side weights
   readonly #counts: Int32Array;
+  readonly #keyShape: ReturnType<typeof keysShape>; // the low-bit keys' shape fields, which every key kernel takes
   readonly #fetched: number[]; // [numLayers] event after the copy stream's pick and fetch for that layer, 0 when none
   copyEvents: Array<[number, number]> = []; // (start, end) of each gather: the copy time
   stallEvents: Array<[number, number]> = []; // (before, after) each compute-stream wait for a layer's fetch
@@ -108,6 +109,7 @@ export class InfinigenResident implements ResidentAttention {
     }));
     this.#fetched = new Array<number>(c.numLayers).fill(0);
     this.#counts = new Int32Array(c.numKvHeads);
+    this.#keyShape = keysShape(c, s.capacity, k);
     this.#arena = DeviceArena.create(infinigenLayout(c, s.capacity, k, specRows));
     try {
       const bt = host.blockIds;
@@ -121,15 +123,12 @@ export class InfinigenResident implements ResidentAttention {
   get deviceBytes(): number {
     return this.#arena.bytes;
   }
-  get hotCap(): number {
-    return this.#hotCap;
-  }
   ref(name: string, byteOffset = 0): DevRef {
     return this.#arena.ref(name, byteOffset);
   }
 
   #keys(layer: number, stream = this.s.stream) {
-    return { ...keysShape(this.s.config, this.s.capacity, this.k), lowBit: this.ref(`keys${layer}`), stream };
+    return { ...this.#keyShape, lowBit: this.ref(`keys${layer}`), stream };
   }
 
   /** Tokens ranked for the top-k among n stored: those between the sinks and the window (all of them when fewer than topK). */
@@ -195,13 +194,9 @@ export class InfinigenResident implements ResidentAttention {
     this.#fetched[next] = native().cudaEventRecord({ stream: on });
   }
 
-  /** Makes the compute stream wait for a layer's fetch, between two timing events (the stall: zero when it came first). */
+  /** Makes the compute stream wait for a layer's fetch, timed (waitTimed: the stall is zero when it came first). */
   #awaitFetch(layer: number): void {
-    const stream = this.s.stream;
-    const before = native().cudaEventRecord({ stream, timing: true });
-    native().cudaStreamWaitEvent({ stream, event: this.#fetched[layer] });
-    this.stallEvents.push([before, native().cudaEventRecord({ stream, timing: true })]);
-    native().cudaEventFree({ event: this.#fetched[layer] });
+    waitTimed(this.s.stream, this.#fetched[layer], this.stallEvents);
     this.#fetched[layer] = 0;
   }
 
@@ -270,8 +265,7 @@ export class InfinigenResident implements ResidentAttention {
   }
 
   dispose(): void {
-    // Freed unread: after a failed step some may never complete (drainCopyMs reads them).
-    for (const pair of [...this.copyEvents.splice(0), ...this.stallEvents.splice(0), ...this.exposedEvents.splice(0)]) for (const e of pair) native().cudaEventFree({ event: e });
+    for (const pairs of [this.copyEvents, this.stallEvents, this.exposedEvents]) freePairs(pairs);
     for (const e of this.#fetched) if (e !== 0) native().cudaEventFree({ event: e });
     this.#arena.free();
   }

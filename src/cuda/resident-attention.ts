@@ -116,6 +116,22 @@ export function drainPairs(pairs: Array<[number, number]>): number {
   return ms;
 }
 
+/** Frees both events of every pair unread (after a failed step some may never complete) and empties `pairs`. */
+export function freePairs(pairs: Array<[number, number]>): void {
+  for (const pair of pairs.splice(0)) for (const e of pair) native().cudaEventFree({ event: e });
+}
+
+/**
+ * Makes `stream` wait for `event` (then freed), between two timing events pushed onto `stalls`: their distance is
+ * the time the stream stalled on it (zero when it had completed first).
+ */
+export function waitTimed(stream: number, event: number, stalls: Array<[number, number]>): void {
+  const before = native().cudaEventRecord({ stream, timing: true });
+  native().cudaStreamWaitEvent({ stream, event });
+  stalls.push([before, native().cudaEventRecord({ stream, timing: true })]);
+  native().cudaEventFree({ event });
+}
+
 /** Makes `stream` wait for the work enqueued on `after` so far. */
 export function waitFor(stream: number, after: number): void {
   const e = native().cudaEventRecord({ stream: after });
@@ -332,11 +348,7 @@ export class SpecacheResident implements ResidentAttention {
    * distance is the time the step stalled on them (zero when they finished first), i.e. the copy time left exposed.
    */
   #awaitFetch(): void {
-    const stream = this.s.stream;
-    const before = native().cudaEventRecord({ stream, timing: true });
-    native().cudaStreamWaitEvent({ stream, event: this.#fetched });
-    this.stallEvents.push([before, native().cudaEventRecord({ stream, timing: true })]);
-    native().cudaEventFree({ event: this.#fetched });
+    waitTimed(this.s.stream, this.#fetched, this.stallEvents);
     this.#fetched = 0;
   }
 
@@ -414,8 +426,8 @@ export class SpecacheResident implements ResidentAttention {
   }
 
   dispose(): void {
-    // Freed unread: after a failed step some may never complete (drainCopyMs reads them).
-    for (const pair of [...this.copyEvents.splice(0), ...this.stallEvents.splice(0)]) for (const e of pair) native().cudaEventFree({ event: e });
+    freePairs(this.copyEvents);
+    freePairs(this.stallEvents);
     if (this.#fetched !== 0) native().cudaEventFree({ event: this.#fetched });
     this.#compact?.dispose();
     this.#arena.free();

@@ -178,6 +178,8 @@ export class ResidentDecoder {
     native().cudaUpload({ dst: a.ref('cos'), data: cos, stream });
     native().cudaUpload({ dst: a.ref('sin'), data: sin, stream });
     const k = this.#kernels;
+    const steps = positions.map((pos, s) => ({ pos, rows: rowsPer, row0: s * rowsPer, mark, signal: this.signal })); // each sequence's rows
+    const lead = this.attentions[0];
     for (let l = 0; l < c.numLayers; l++) {
       if (this.#graphs) this.#graphs.run(`pre ${l} ${rows}`, () => k.pre(a, l, rows));
       else k.pre(a, l, rows);
@@ -186,8 +188,6 @@ export class ResidentDecoder {
       // Only exact's and tiered's CPU parts yield: the device policies enqueue without waiting. A batch's CPU parts
       // run together; each sequence's device work touches only its own rows and buffers.
       const pending: Promise<void>[] = [];
-      const steps = positions.map((pos, s) => ({ pos, rows: rowsPer, row0: s * rowsPer, mark, signal: this.signal }));
-      const lead = this.attentions[0];
       if (lead.attendBatch) {
         const p = lead.attendBatch(l, a, steps, this.attentions);
         if (p) pending.push(p);

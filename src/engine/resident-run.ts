@@ -164,22 +164,23 @@ export class ResidentRun {
       throw new KvoffCapacityError('bytes of KV device tier', needed, r.budget,
         `policy ${r.spec.name} needs at least ${needed} bytes (${formatBytes(needed)}) on the device for ${tokens}; given ${r.budget} bytes (${formatBytes(r.budget)})`);
     }
+    // Each sequence owns a run of whole blocks, in order; the device and the CPU workers read them through its table.
+    let first = 0;
+    const blockIds = r.capacities.map((cap) => {
+      const blocks = Math.ceil(cap / r.shape.blockSize);
+      first += blocks;
+      return Int32Array.from({ length: blocks }, (_, i) => first - blocks + i);
+    });
+    if (first > r.shape.numBlocks) throw new Error(`resident run: ${first} blocks needed, the host cache has ${r.shape.numBlocks}`);
     const streams = [native().cudaStreamCreate({ highPriority: true }), native().cudaStreamCreate()];
     let cache: HostKvCache | null = null;
     const attentions: ResidentAttention[] = [];
     try {
-      // Each sequence owns a run of whole blocks, in order; the device and the CPU workers read them through its table.
       cache = r.spec.kvHome === 'host' ? new HostKvCache(r.shape, { pin: true }) : null;
-      const bs = r.shape.blockSize;
-      let first = 0;
       for (const [seq, cap] of r.capacities.entries()) {
-        const blocks = Math.ceil(cap / bs);
-        const ids = Int32Array.from({ length: blocks }, (_, i) => first + i);
-        first += blocks;
-        const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: ids };
+        const host: HostKv | null = cache && { region: (l) => cache!.region(l), blockIds: blockIds[seq] };
         attentions.push(chosen.build(cap, host, streams[0], streams[1], r.model.dense.weights, seq, r.capacities.length));
       }
-      if (first > r.shape.numBlocks) throw new Error(`resident run: ${first} blocks needed, the host cache has ${r.shape.numBlocks}`);
       const decoder = new ResidentDecoder(r.model.config, r.model.dense.weights, attentions, streams[0]);
       return new ResidentRun(chosen.knobs, cache, decoder, streams);
     } catch (err) {
