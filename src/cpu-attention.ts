@@ -73,13 +73,17 @@ export interface CausalAttentionRequest {
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-/** dist/src/cpu-attention.js finds dist/workers; src/cpu-attention.ts (vitest) finds the tsc output in dist/workers. */
+/**
+ * The worker's CommonJS entry (attention-worker-entry.cts: why CommonJS is there). dist/src/cpu-attention.js finds
+ * dist/workers; src/cpu-attention.ts (vitest) finds the tsc output in dist/workers.
+ */
 export function resolveWorkerFile(): string {
-  const tried = [join(here, '..', 'workers', 'attention-worker.js'), join(here, '..', 'dist', 'workers', 'attention-worker.js')];
+  const file = 'attention-worker-entry.cjs';
+  const tried = [join(here, '..', 'workers', file), join(here, '..', 'dist', 'workers', file)];
   for (const path of tried) if (existsSync(path)) return path;
   throw new KvoffNativeError(
     `Expected the CPU attention worker at one of ${tried.join(', ')} but found none. ` +
-      'Fix: run `npm run build` (tsc) so dist/workers/attention-worker.js exists.',
+      `Fix: run \`npm run build\` (tsc) so dist/workers/${file} exists.`,
   );
 }
 
