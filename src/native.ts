@@ -280,15 +280,17 @@ export interface CudaGemvBf16Options {
  * Out-of-range positions or block ids are clamped into the region by the kernel (memory-safe). Returns units.
  */
 export interface CudaKvGatherDeviceOptions extends KvRegion {
-  blockTable: DevRef; // int32 [tableLen] logical block -> physical block
+  /** A batch of sequences sharing the host region (default 1): each has its own block table row, positions and dst heads. */
+  seqs?: number;
+  blockTable: DevRef; // int32 [seqs, tableLen] logical block -> physical block
   tableLen: number;
-  positions: DevRef; // int32 [numKvHeads, ldPositions]
+  positions: DevRef; // int32 [seqs * numKvHeads, ldPositions]
   ldPositions?: number; // default n
   n: number; // positions per head
-  dst: DevRef; // [numKvHeads, dstCapacity, 2, headDim] 16-bit
+  dst: DevRef; // [seqs * numKvHeads, dstCapacity, 2, headDim] 16-bit
   dstCapacity: number;
   dstSlot?: number; // default 0
-  table: DevRef; // scratch: 8 * numKvHeads * n bytes
+  table: DevRef; // scratch: 8 * seqs * numKvHeads * n bytes
   stream?: number;
 }
 
@@ -451,9 +453,11 @@ export interface CudaKvSource {
 
 /** Rows slot .. slot + tokens - 1 of every head of a device KV region, rounded to nearest even like kvAppend (reference: kvWriteRef). */
 export interface CudaKvWriteOptions extends CudaKvSource {
-  dst: DevRef; // [numKvHeads, capacity, 2, headDim] 16-bit; may not overlap k or v
+  dst: DevRef; // [numKvHeads, capacity, 2, headDim] 16-bit (batched: [tokens, numKvHeads, capacity, 2, headDim]); may not overlap k or v
   capacity: number;
-  slot: number; // slot + tokens <= capacity
+  slot?: number; // slot + tokens <= capacity; required unless batched
+  /** Batched (a token per sequence, tokens <= 64): token t is sequence t's, written to slot slots[t] of the t-th region of dst. */
+  slots?: Int32Array;
 }
 
 /**
@@ -461,8 +465,11 @@ export interface CudaKvWriteOptions extends CudaKvSource {
  * bytes kvAppend would store for positions start .. start + tokens - 1 of the sequence whose table is blockIds.
  */
 export interface CudaKvStoreHostOptions extends CudaKvSource, Omit<KvRegion, 'numKvHeads' | 'headDim' | 'dtype'> {
-  blockIds: Int32Array; // the sequence's block table; the entries written to must be distinct and < numBlocks
-  start: number; // position of the first token
+  blockIds?: Int32Array; // the sequence's block table; the entries written to must be distinct and < numBlocks
+  start?: number; // position of the first token
+  /** Batched (a token per sequence, tokens <= 64, instead of blockIds and start): token t lands at row offsets[t] of block blocks[t]. */
+  blocks?: Int32Array;
+  offsets?: Int32Array;
 }
 
 /**
@@ -470,8 +477,14 @@ export interface CudaKvStoreHostOptions extends CudaKvSource, Omit<KvRegion, 'nu
  * (reference: decodeRef). Needs `scratch` of at least cudaAttendScratchBytes({..., maxRows}) bytes for counts <= maxRows.
  */
 export interface CudaAttendDecodeOptions extends DevKvRegion {
-  counts: Int32Array; // [numKvHeads] rows attended per head, each in [0, capacity]; 0 gives out 0, lse -inf
-  q: DevRef; // [numKvHeads * G, headDim] f32
+  counts: Int32Array; // [seqs * numKvHeads] rows attended per head, each in [0, capacity]; 0 gives out 0, lse -inf
+  q: DevRef; // [numKvHeads * G, headDim] f32 per sequence
+  /**
+   * A batch of `seqs` sequences (seqs * numKvHeads <= 256) in one launch: kv holds their regions one after another,
+   * sequence s's queries start s * qSeqStride floats into q (default: contiguous), out and lse hold their rows in turn.
+   */
+  seqs?: number;
+  qSeqStride?: number;
   scale: number;
   out: DevRef; // [numKvHeads * G, headDim] f32; may not overlap q, kv, lse or scratch
   lse: DevRef; // [numKvHeads * G] f32, natural log
@@ -573,6 +586,8 @@ export interface CudaTopKOptions {
   first: number;
   n: number; // 1 .. 2^20, first + n <= ld
   k: number; // 1 .. min(n, 4096)
+  /** Per-row lengths (rows <= 256): row r ranks [first, first + counts[r]), each in [k, n]. */
+  counts?: Int32Array;
   out: DevRef; // [rows, k] int32
   mask?: DevRef; // u8 [rows, ld]: 1 at the chosen positions, 0 elsewhere
   stream?: number;

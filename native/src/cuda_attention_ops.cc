@@ -65,6 +65,15 @@ KvSource read_source(const CudaArgs& a, int64_t tokens, int64_t rowFloats) {
   return s;
 }
 
+// Batched writes carry a token per sequence: tokens <= kBatchMaxSeqs, each index of `values` in [0, limit).
+Span<int32_t> read_batch_ids(const CudaArgs& a, const char* name, int64_t tokens, int64_t limit) {
+  if (tokens > kBatchMaxSeqs) a.fail_range("tokens", tokens, 0, kBatchMaxSeqs);
+  const Span<int32_t> ids = a.i32(name, static_cast<size_t>(tokens));
+  for (size_t i = 0; i < ids.size; ++i)
+    if (ids.data[i] < 0 || ids.data[i] >= limit) a.fail_range(name, ids.data[i], 0, limit - 1);
+  return ids;
+}
+
 Napi::Value CudaKvWrite(const Napi::CallbackInfo& info) {
   CudaArgs a(info, "cudaKvWrite");
   const int64_t H = a.integer("numKvHeads", 1, 1024);
@@ -72,12 +81,15 @@ Napi::Value CudaKvWrite(const Napi::CallbackInfo& info) {
   const KvDtype dtype = a.dtype("dtype");
   const int64_t tokens = a.integer("tokens", 0, kMaxTokens);
   const KvSource src = read_source(a, tokens, H * D);
-  const DevRef dst = dev_field(a, "dst");  // [numKvHeads, capacity, 2, headDim] 16-bit
+  const DevRef dst = dev_field(a, "dst");  // [numKvHeads, capacity, 2, headDim] 16-bit (batched: one such region per token)
   const int64_t capacity = a.integer("capacity", 1, 0x7fffffffLL);
-  if (tokens > capacity) a.fail_range("tokens", tokens, 0, capacity);
-  const int64_t slot = a.integer("slot", 0, capacity - tokens);
+  // Batched: token t is sequence t's, into slot slots[t] of the t-th region of dst.
+  const bool batched = a.has("slots");
+  const Span<int32_t> slots = batched ? read_batch_ids(a, "slots", tokens, capacity) : Span<int32_t>{};
+  if (!batched && tokens > capacity) a.fail_range("tokens", tokens, 0, capacity);
+  const int64_t slot = batched ? 0 : a.integer("slot", 0, capacity - tokens);
   const uint32_t stream = a.stream_handle("stream");
-  const uint64_t dstBytes = static_cast<uint64_t>(H) * static_cast<uint64_t>(capacity) * static_cast<uint64_t>(D) * 4;
+  const uint64_t dstBytes = static_cast<uint64_t>(batched ? tokens : 1) * static_cast<uint64_t>(H) * static_cast<uint64_t>(capacity) * static_cast<uint64_t>(D) * 4;
   require_disjoint(a, "dst", dst, dstBytes, "k", src.k, src.bytes);
   require_disjoint(a, "dst", dst, dstBytes, "v", src.v, src.bytes);
   a.require_gpu();
@@ -96,6 +108,7 @@ Napi::Value CudaKvWrite(const Napi::CallbackInfo& info) {
   call.dst = dst;
   call.capacity = static_cast<uint32_t>(capacity);
   call.slot = static_cast<uint32_t>(slot);
+  call.slots = batched ? slots.data : nullptr;
   call.stream = stream;
   a.check(cuda_kv_write(call));
   return a.env().Undefined();
@@ -119,11 +132,24 @@ Napi::Value CudaKvStoreHost(const Napi::CallbackInfo& info) {
                                         " bytes) to fit in arena of " + std::to_string(host->bytes) + " bytes but it runs past the end");
   const int64_t tokens = a.integer("tokens", 0, kMaxTokens);
   const KvSource src = read_source(a, tokens, H * D);
-  const Span<int32_t> blockIds = a.i32("blockIds", SIZE_MAX);
+  // Batched: token t (sequence t's) lands at row offsets[t] of block blocks[t]; else at position start + t of blockIds.
+  const bool batched = a.has("blocks");
+  const Span<int32_t> blocks = batched ? read_batch_ids(a, "blocks", tokens, numBlocks) : Span<int32_t>{};
+  const Span<int32_t> offsets = batched ? read_batch_ids(a, "offsets", tokens, blockSize) : Span<int32_t>{};
+  if (batched) {  // two tokens on one row would race on the GPU
+    std::vector<int64_t> rowsUsed;
+    for (size_t t = 0; t < blocks.size; ++t) rowsUsed.push_back(static_cast<int64_t>(blocks.data[t]) * blockSize + offsets.data[t]);
+    std::sort(rowsUsed.begin(), rowsUsed.end());
+    const auto dup = std::adjacent_find(rowsUsed.begin(), rowsUsed.end());
+    if (dup != rowsUsed.end())
+      a.fail("blocks", "a distinct (block, offset) for each token", "block " + std::to_string(*dup / blockSize) + " offset " +
+                                                                       std::to_string(*dup % blockSize) + " twice");
+  }
+  const Span<int32_t> blockIds = batched ? Span<int32_t>{} : a.i32("blockIds", SIZE_MAX);
   const int64_t mapped = static_cast<int64_t>(blockIds.size) * blockSize;  // positions the block table covers
-  if (tokens > mapped) a.fail_range("tokens", tokens, 0, mapped);
-  const int64_t start = a.integer("start", 0, std::min<int64_t>(mapped - tokens, 0x7fffffffLL - kMaxTokens));
-  if (tokens > 0) {
+  if (!batched && tokens > mapped) a.fail_range("tokens", tokens, 0, mapped);
+  const int64_t start = batched ? 0 : a.integer("start", 0, std::min<int64_t>(mapped - tokens, 0x7fffffffLL - kMaxTokens));
+  if (!batched && tokens > 0) {
     const size_t first = static_cast<size_t>(start / blockSize), last = static_cast<size_t>((start + tokens - 1) / blockSize);
     std::vector<int32_t> used;
     for (size_t b = first; b <= last; ++b) {
@@ -158,6 +184,8 @@ Napi::Value CudaKvStoreHost(const Napi::CallbackInfo& info) {
   call.blockSize = static_cast<uint32_t>(blockSize);
   call.blockIds = blockIds.data;
   call.start = static_cast<uint32_t>(start);
+  call.blocks = batched ? blocks.data : nullptr;
+  call.offsets = batched ? offsets.data : nullptr;
   call.stream = stream;
   a.check(cuda_kv_store_host(call));
   return a.env().Undefined();
@@ -185,8 +213,18 @@ DevRegion read_dev_region(const CudaArgs& a, int64_t maxHeads) {
 
 Napi::Value CudaAttendDecode(const Napi::CallbackInfo& info) {
   CudaArgs a(info, "cudaAttendDecode");
-  const DevRegion r = read_dev_region(a, kAttendMaxHeads);
-  const Span<int32_t> counts = a.i32("counts", static_cast<size_t>(r.H));  // [numKvHeads]
+  DevRegion r = read_dev_region(a, kAttendMaxHeads);
+  // A batch: `seqs` sequences of numKvHeads heads each, their regions one after another in kv (and their queries
+  // qSeqStride floats apart, their outputs and lse rows one after another): one launch as seqs * numKvHeads heads.
+  const int64_t seqs = a.integer_or("seqs", 1, kAttendMaxHeads, 1);
+  const int64_t seqHeads = r.H;
+  if (seqs * seqHeads > kAttendMaxHeads)
+    a.fail("seqs", "seqs * numKvHeads <= " + std::to_string(kAttendMaxHeads), std::to_string(seqs) + " * " + std::to_string(seqHeads));
+  const int64_t seqQ = seqHeads * r.G * r.D;  // query floats of one sequence
+  const int64_t qSeqStride = a.integer_or("qSeqStride", seqQ, kMaxRowStride, seqQ);
+  r.H *= seqs;
+  r.bytes *= static_cast<uint64_t>(seqs);
+  const Span<int32_t> counts = a.i32("counts", static_cast<size_t>(r.H));  // [seqs * numKvHeads]
   int64_t maxCount = 0;
   for (size_t h = 0; h < counts.size; ++h) {
     if (counts.data[h] < 0 || counts.data[h] > r.capacity) a.fail_range("counts", counts.data[h], 0, r.capacity);
@@ -207,23 +245,26 @@ Napi::Value CudaAttendDecode(const Napi::CallbackInfo& info) {
                                            std::to_string(attend_chunk_rows(r.H, maxCount)) + " rows for the longest head's " +
                                            std::to_string(maxCount) + "; size it with cudaAttendScratchBytes)");
   const uint64_t qBytes = static_cast<uint64_t>(r.H * r.G * r.D) * 4, lseBytes = static_cast<uint64_t>(r.H * r.G) * 4;
-  require_disjoint(a, "out", out, qBytes, "q", q, qBytes);
+  const uint64_t qSpan = strided_bytes(seqs, qSeqStride, seqQ);  // q's extent (qBytes when contiguous)
+  require_disjoint(a, "out", out, qBytes, "q", q, qSpan);
   require_disjoint(a, "out", out, qBytes, "kv", r.kv, r.bytes);
-  require_disjoint(a, "lse", lse, lseBytes, "q", q, qBytes);
+  require_disjoint(a, "lse", lse, lseBytes, "q", q, qSpan);
   require_disjoint(a, "lse", lse, lseBytes, "kv", r.kv, r.bytes);
   require_disjoint(a, "lse", lse, lseBytes, "out", out, qBytes);
   require_disjoint(a, "scratch", scratch, needed, "kv", r.kv, r.bytes);
-  require_disjoint(a, "scratch", scratch, needed, "q", q, qBytes);
+  require_disjoint(a, "scratch", scratch, needed, "q", q, qSpan);
   require_disjoint(a, "scratch", scratch, needed, "out", out, qBytes);
   require_disjoint(a, "scratch", scratch, needed, "lse", lse, lseBytes);
   a.require_gpu();
   a.require_stream("stream", stream);
   a.dev_range("kv", r.kv, r.bytes, 2);
-  a.dev_range("q", q, qBytes, 4);
+  a.dev_range("q", q, qSpan, 4);
   a.dev_range("out", out, qBytes, 4);
   a.dev_range("lse", lse, lseBytes, 4);
   a.dev_range("scratch", scratch, scratchBytes, 4);
   AttendDecodeCall call;
+  call.seqHeads = static_cast<uint32_t>(seqHeads);
+  call.qSeqStride = static_cast<uint64_t>(qSeqStride);
   call.kv = r.kv;
   call.capacity = static_cast<uint32_t>(r.capacity);
   call.numKvHeads = static_cast<uint32_t>(r.H);

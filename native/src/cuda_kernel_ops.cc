@@ -168,6 +168,7 @@ Napi::Value CudaKvGatherDevice(const Napi::CallbackInfo& info) {
   if (c.regionOffset > c.host->bytes || regionBytes > c.host->bytes - c.regionOffset)
     throw_error(a.env(), kErrRange, "Expected the KV region (offset " + std::to_string(c.regionOffset) + " + " + std::to_string(regionBytes) +
                                         " bytes) to fit in arena of " + std::to_string(c.host->bytes) + " bytes but it runs past the end");
+  c.seqs = static_cast<uint32_t>(a.integer_or("seqs", 1, 1 << 16, 1));
   c.tableLen = static_cast<uint32_t>(a.integer("tableLen", 1, 1 << 30));
   c.n = static_cast<uint32_t>(a.integer("n", 0, 1 << 20));
   c.ldPositions = static_cast<uint32_t>(a.integer_or("ldPositions", 1, 1 << 30, std::max<uint32_t>(c.n, 1)));
@@ -176,7 +177,8 @@ Napi::Value CudaKvGatherDevice(const Napi::CallbackInfo& info) {
   c.dstSlot = static_cast<uint32_t>(a.integer_or("dstSlot", 0, 1 << 30, 0));
   if (static_cast<uint64_t>(c.dstSlot) + c.n > c.dstCapacity)
     a.fail("dstSlot", "dstSlot + n <= dstCapacity (" + std::to_string(c.dstCapacity) + ")", std::to_string(c.dstSlot) + " + " + std::to_string(c.n));
-  if (static_cast<uint64_t>(c.numKvHeads) * c.dstCapacity > 0xffffffffULL) a.fail("dstCapacity", "fewer than 2^32 destination rows", std::to_string(c.dstCapacity));
+  const uint64_t heads = static_cast<uint64_t>(c.seqs) * c.numKvHeads;  // destination heads
+  if (heads * c.dstCapacity > 0xffffffffULL) a.fail("dstCapacity", "fewer than 2^32 destination rows", std::to_string(c.dstCapacity));
   c.blockTable = a.dev_ref("blockTable");
   c.positions = a.dev_ref("positions");
   c.dst = a.dev_ref("dst");
@@ -187,12 +189,12 @@ Napi::Value CudaKvGatherDevice(const Napi::CallbackInfo& info) {
   if (c.host->method != PinMethod::CudaHostRegister)
     a.fail("handle", "a host arena pinned and mapped by cudaHostRegister (created with pin: true while a GPU is usable)",
            std::string("an arena pinned by ") + pin_method_name(c.host->method));
-  a.dev_range("blockTable", c.blockTable, static_cast<uint64_t>(c.tableLen) * 4, 4);
-  a.dev_range("positions", c.positions, (static_cast<uint64_t>(c.numKvHeads - 1) * c.ldPositions + c.n) * 4, 4);
-  a.dev_range("dst", c.dst, static_cast<uint64_t>(c.numKvHeads) * c.dstCapacity * c.rowBytes, 2);
-  a.dev_range("table", c.table, static_cast<uint64_t>(c.numKvHeads) * c.n * 8, 8);
+  a.dev_range("blockTable", c.blockTable, static_cast<uint64_t>(c.seqs) * c.tableLen * 4, 4);
+  a.dev_range("positions", c.positions, ((heads - 1) * c.ldPositions + c.n) * 4, 4);
+  a.dev_range("dst", c.dst, heads * c.dstCapacity * c.rowBytes, 2);
+  a.dev_range("table", c.table, heads * c.n * 8, 8);
   a.check(cuda_kv_gather_device(c));
-  return Napi::Number::New(a.env(), static_cast<double>(c.numKvHeads) * c.n);
+  return Napi::Number::New(a.env(), static_cast<double>(heads) * c.n);
 }
 
 bool overlaps(const DevRef& a, uint64_t aBytes, const DevRef& b, uint64_t bBytes) {

@@ -134,6 +134,14 @@ Napi::Value CudaTopK(const Napi::CallbackInfo& info) {
   c.first = static_cast<uint64_t>(a.integer("first", 0, static_cast<int64_t>(c.ld) - 1));
   c.n = static_cast<uint32_t>(a.integer("n", 1, std::min<int64_t>(kTopKMaxN, static_cast<int64_t>(c.ld - c.first))));
   c.k = static_cast<uint32_t>(a.integer("k", 1, std::min<int64_t>(c.n, kTopKMaxK)));
+  // Per-row lengths (a batch whose sequences stand at different positions): each in [k, n].
+  if (a.has("counts")) {
+    if (c.rows > kTopKMaxRowCounts) a.fail("rows", "at most " + std::to_string(kTopKMaxRowCounts) + " rows with counts", std::to_string(c.rows));
+    const Span<int32_t> counts = a.i32("counts", c.rows);
+    for (size_t r = 0; r < counts.size; ++r)
+      if (counts.data[r] < static_cast<int64_t>(c.k) || counts.data[r] > static_cast<int64_t>(c.n)) a.fail_range("counts", counts.data[r], c.k, c.n);
+    c.counts = counts.data;
+  }
   c.out = a.dev_ref("out");  // [rows, k] int32
   c.hasMask = a.has("mask");
   if (c.hasMask) c.mask = a.dev_ref("mask");  // u8 [rows, ld]

@@ -77,11 +77,17 @@ struct KvWriteParams {
   bool host;  // paged host layout (blocks) instead of the device layout (capacity rows per head)
   uint64_t capacity, slot;               // device layout: token t of head h -> row h * capacity + slot + t
   uint32_t blockSize, start, firstBlock;  // host layout: position start + t, blocks[] = block table from firstBlock on
+  bool batched;                           // token t is sequence t's: device slot slots[t] of region t; host block blocks[t], row slots[t]
   int32_t blocks[kStoreBlocksPerLaunch];
+  int32_t slots[kBatchMaxSeqs];
 };
 
 // Row (in units of 2 * headDim elements) that token t of head h lands in.
 __host__ __device__ __forceinline__ uint64_t write_row(const KvWriteParams& p, uint32_t t, uint32_t h) {
+  if (p.batched) {
+    if (!p.host) return (static_cast<uint64_t>(t) * p.numKvHeads + h) * p.capacity + p.slots[t];
+    return (static_cast<uint64_t>(p.blocks[t]) * p.numKvHeads + h) * p.blockSize + p.slots[t];
+  }
   if (!p.host) return static_cast<uint64_t>(h) * p.capacity + p.slot + t;
   const uint32_t pos = p.start + t;
   const uint64_t block = static_cast<uint64_t>(p.blocks[pos / p.blockSize - p.firstBlock]);
@@ -136,6 +142,8 @@ struct DecodeParams {
   int chunkRows, chunks;  // chunks: per head in this call, the stride of the partials
   int direct;             // one chunk per head: write out and lse here, no combine pass
   float qscale;           // scale * log2(e)
+  int seqHeads;           // KV heads per sequence: head h's queries are sequence h / seqHeads's
+  uint64_t qSeqStride;    // floats between sequences' queries
   int counts[kAttendMaxHeads];
 };
 
@@ -208,6 +216,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attend_decode_kernel(const Dec
   if (row0 >= n && !(p.direct && chunk == 0)) return;
   const int64_t row1 = min(n, row0 + p.chunkRows);
   const int gn = min(GT, G - g0);  // live query heads; the rest carry q = 0 and are never written
+  const float* qh = p.q + static_cast<uint64_t>(h / p.seqHeads) * p.qSeqStride + static_cast<int64_t>(h % p.seqHeads) * G * D;
 
   float qv[GT][8];
 #pragma unroll
@@ -215,7 +224,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attend_decode_kernel(const Dec
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int d = slice_dim<VEC>(part, j);
-      qv[g][j] = g < gn && d < D ? load_ro(p.q + static_cast<int64_t>(h * G + g0 + g) * D + d) * p.qscale : 0.f;
+      qv[g][j] = g < gn && d < D ? load_ro(qh + static_cast<int64_t>(g0 + g) * D + d) * p.qscale : 0.f;
     }
   float m[GT], l[GT], acc[GT][8];
 #pragma unroll
@@ -612,23 +621,12 @@ __global__ void __launch_bounds__(kPrefillThreads) attend_prefill_kernel(const P
 
 // ---- launchers ----
 
-int sm_count() {
-  static std::once_flag once;
-  static int sms = 0;
-  std::call_once(once, [] {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
-    cudaGetLastError();
-  });
-  return sms;
-}
-
 template <int W, bool BF16>
 cudaError_t launch_write_w(const KvWriteParams& p, cudaStream_t stream) {
   const uint64_t total = static_cast<uint64_t>(p.tokens) * p.numKvHeads * (2 * p.headDim / W);
   if (total == 0) return cudaSuccess;
   const uint64_t want = (total + kWriteThreads - 1) / kWriteThreads;
-  const unsigned blocks = static_cast<unsigned>(std::min<uint64_t>(want, static_cast<uint64_t>(sm_count()) * 16));  // grid-stride beyond
+  const unsigned blocks = static_cast<unsigned>(std::min<uint64_t>(want, static_cast<uint64_t>(cudadev::sm_count()) * 16));  // grid-stride beyond
   kv_write_kernel<W, BF16><<<blocks, kWriteThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -725,6 +723,8 @@ CudaStatus cuda_kv_write(const KvWriteCall& c) {
   p.host = false;
   p.capacity = c.capacity;
   p.slot = c.slot;
+  p.batched = c.slots != nullptr;
+  if (p.batched) std::memcpy(p.slots, c.slots, c.tokens * sizeof(int32_t));
   const cudaError_t err = launch_write_any(p, c.dtype, st->s);
   if (err != cudaSuccess) return failed("the cudaKvWrite kernel launch", err);
   hold(*st, {k, v, d});
@@ -750,6 +750,18 @@ CudaStatus cuda_kv_store_host(const KvStoreHostCall& c) {
   p.headDim = c.headDim;
   p.host = true;
   p.blockSize = c.blockSize;
+  if (c.blocks) {  // batched: one launch, each token's block and row in it travel in the launch
+    p.batched = true;
+    p.k = at<const float>(k, c.k);
+    p.v = at<const float>(v, c.v);
+    p.tokens = c.tokens;
+    std::memcpy(p.blocks, c.blocks, c.tokens * sizeof(int32_t));
+    std::memcpy(p.slots, c.offsets, c.tokens * sizeof(int32_t));
+    err = launch_write_any(p, c.dtype, st->s);
+    if (err != cudaSuccess) return failed("the cudaKvStoreHost kernel launch", err);
+    hold(*st, {k, v, c.host});
+    return {};
+  }
   // The block table travels in the launch, kStoreBlocksPerLaunch entries at a time.
   for (uint32_t t0 = 0; t0 < c.tokens;) {
     const uint32_t pos0 = c.start + t0;
@@ -802,6 +814,8 @@ CudaStatus cuda_attend_decode(const AttendDecodeCall& c) {
   p.chunks = static_cast<int>(chunks);
   p.direct = chunks == 1;
   p.qscale = c.scale * kLog2e;
+  p.seqHeads = c.seqHeads > 0 ? static_cast<int>(c.seqHeads) : H;
+  p.qSeqStride = c.seqHeads > 0 ? c.qSeqStride : 0;
   for (int h = 0; h < H; ++h) p.counts[h] = c.counts[h];
   if (!p.direct) {
     float* s = at<float>(scratch, c.scratch);

@@ -19,6 +19,7 @@ namespace kvoff {
 constexpr int kAttendMaxHeads = 256;     // numKvHeads of cudaAttendDecode (its counts travel in the launch)
 constexpr int kAttendMaxHeadDim = 256;   // headDim of the attention kernels (register and shared tiles are sized for it)
 constexpr int kStoreBlocksPerLaunch = 512;  // logical blocks of cudaKvStoreHost per launch (more: several launches)
+constexpr int kBatchMaxSeqs = 64;           // sequences of one batched cudaKvWrite / cudaKvStoreHost (one token each)
 
 // ---- Split-K decode: the chunk policy, shared with the N-API layer so scratch is checked before any launch ----
 
@@ -68,8 +69,11 @@ struct KvWriteCall {
   uint64_t srcRowStride = 0;  // floats
   uint32_t tokens = 0, numKvHeads = 0, headDim = 0;
   KvDtype dtype = KvDtype::F16;
-  DevRef dst;  // [numKvHeads, capacity, 2, headDim] 16-bit
+  DevRef dst;  // [numKvHeads, capacity, 2, headDim] 16-bit; batched: [tokens, numKvHeads, capacity, 2, headDim]
   uint32_t capacity = 0, slot = 0;
+  // Batched (a token per sequence, tokens <= kBatchMaxSeqs): token t is sequence t's and lands in slot slots[t] of
+  // its own region, the t-th of dst; slot is then unused.
+  const int32_t* slots = nullptr;
   uint32_t stream = 0;
 };
 CudaStatus cuda_kv_write(const KvWriteCall& call);
@@ -86,17 +90,25 @@ struct KvStoreHostCall {
   uint32_t blockSize = 0;
   const int32_t* blockIds = nullptr;  // the block table; entries [start / blockSize, (start + tokens - 1) / blockSize] are used
   uint32_t start = 0;
+  // Batched (a token per sequence, tokens <= kBatchMaxSeqs): token t lands at row offsets[t] of block blocks[t]
+  // (its sequence's block of its position); blockIds and start are then unused.
+  const int32_t* blocks = nullptr;
+  const int32_t* offsets = nullptr;
   uint32_t stream = 0;
 };
 CudaStatus cuda_kv_store_host(const KvStoreHostCall& call);
 
 // Query group g of KV head h (row h * G + g of q, out, lse) attends rows [0, counts[h]) of head h.
+// A batch of sequences, each with its own region, is numKvHeads = seqs * (heads a sequence): seq-major regions
+// one after another, and each sequence's queries qSeqStride floats after the last's.
 struct AttendDecodeCall {
   DevRef kv;  // [numKvHeads, capacity, 2, headDim] 16-bit
   uint32_t capacity = 0, numKvHeads = 0, headDim = 0, groupSize = 0;
   KvDtype dtype = KvDtype::F16;
   const int32_t* counts = nullptr;  // [numKvHeads], each in [0, capacity]
-  DevRef q;                         // [numKvHeads * G, headDim] f32
+  uint32_t seqHeads = 0;            // KV heads per sequence (divides numKvHeads); 0: one sequence
+  uint64_t qSeqStride = 0;          // floats between sequences' queries
+  DevRef q;                         // [numKvHeads * G, headDim] f32 (batched: per sequence, [seqHeads * G, headDim])
   float scale = 1.f;
   DevRef out;      // [numKvHeads * G, headDim] f32
   DevRef lse;      // [numKvHeads * G] f32, natural log

@@ -182,13 +182,14 @@ CudaStatus cuda_kv_gather_device(const GatherDeviceCall& c) {
   tp.numBlocks = c.numBlocks;
   tp.dstCapacity = c.dstCapacity;
   tp.dstSlot = c.dstSlot;
+  tp.seqs = c.seqs;
   err = launch_build_gather_table(tp, st->s);
   if (err != cudaSuccess) return failed("the gather table kernel launch", err);
   GatherParams p;
   p.src = static_cast<const uint8_t*>(view) + c.regionOffset;
   p.dst = at(d, c.dst);
   p.table = tp.table;
-  p.units = c.numKvHeads * c.n;
+  p.units = c.seqs * c.numKvHeads * c.n;
   p.rowBytes = c.rowBytes;
   p.unitBytes = c.rowBytes;
   err = launch_kv_gather(p, gather_vec_bytes(reinterpret_cast<uintptr_t>(p.src), reinterpret_cast<uintptr_t>(p.dst), c.rowBytes), st->s);

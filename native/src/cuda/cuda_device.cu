@@ -118,6 +118,17 @@ void hold(Stream& st, Keep keep) {
   st.pending.emplace_back(++st.ticket, std::move(keep));
 }
 
+int sm_count() {
+  static std::once_flag once;
+  static int sms = 0;
+  std::call_once(once, [] {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
+    cudaGetLastError();
+  });
+  return sms;
+}
+
 }  // namespace cudadev
 
 using namespace cudadev;

@@ -82,13 +82,14 @@ struct GatherDeviceCall {
   std::shared_ptr<Arena> host;  // registered with cudaHostRegister(Mapped)
   uint64_t regionOffset = 0;
   uint32_t numBlocks = 0, numKvHeads = 0, blockSize = 0, rowBytes = 0;
-  DevRef blockTable;  // int32 [tableLen]
+  uint32_t seqs = 1;  // a batch: sequences sharing the host region, each with its table row, positions and dst heads
+  DevRef blockTable;  // int32 [seqs, tableLen]
   uint32_t tableLen = 0;
-  DevRef positions;  // int32 [numKvHeads, ldPositions]
+  DevRef positions;  // int32 [seqs * numKvHeads, ldPositions]
   uint32_t n = 0, ldPositions = 0;
-  DevRef dst;  // [numKvHeads, dstCapacity, 2, headDim] 16-bit; head h's units land in slots dstSlot..dstSlot+n-1
+  DevRef dst;  // [seqs * numKvHeads, dstCapacity, 2, headDim] 16-bit; head h's units land in slots dstSlot..dstSlot+n-1
   uint32_t dstCapacity = 0, dstSlot = 0;
-  DevRef table;  // scratch: uint32 [numKvHeads * n, 2]
+  DevRef table;  // scratch: uint32 [seqs * numKvHeads * n, 2]
   uint32_t stream = 0;
 };
 CudaStatus cuda_kv_gather_device(const GatherDeviceCall& call);

@@ -22,21 +22,22 @@ cudaError_t launch(const GatherParams& p, cudaStream_t stream) {
 
 __global__ void build_gather_table(GatherTableParams p) {
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= p.numKvHeads * p.n) return;
-  const uint32_t h = i / p.n, j = i - h * p.n;
+  if (i >= p.seqs * p.numKvHeads * p.n) return;
+  const uint32_t hv = i / p.n, j = i - hv * p.n;  // hv: (sequence, head) of the destination
+  const uint32_t s = hv / p.numKvHeads, h = hv - s * p.numKvHeads;
   const int64_t maxPos = static_cast<int64_t>(p.tableLen) * p.blockSize - 1;
-  int64_t pos = p.positions[static_cast<uint64_t>(h) * p.ldPositions + j];
+  int64_t pos = p.positions[static_cast<uint64_t>(hv) * p.ldPositions + j];
   pos = pos < 0 ? 0 : (pos > maxPos ? maxPos : pos);
-  int64_t block = p.blockTable[pos / p.blockSize];
+  int64_t block = p.blockTable[static_cast<uint64_t>(s) * p.tableLen + pos / p.blockSize];
   block = block < 0 ? 0 : (block >= p.numBlocks ? p.numBlocks - 1 : block);
   const uint64_t src = (static_cast<uint64_t>(block) * p.numKvHeads + h) * p.blockSize + pos % p.blockSize;
-  p.table[i] = make_uint2(static_cast<uint32_t>(src), h * p.dstCapacity + p.dstSlot + j);
+  p.table[i] = make_uint2(static_cast<uint32_t>(src), hv * p.dstCapacity + p.dstSlot + j);
 }
 
 }  // namespace
 
 cudaError_t launch_build_gather_table(const GatherTableParams& p, cudaStream_t stream) {
-  const uint32_t units = p.numKvHeads * p.n;
+  const uint32_t units = p.seqs * p.numKvHeads * p.n;
   if (units == 0) return cudaSuccess;
   build_gather_table<<<(units + 255) / 256, 256, 0, stream>>>(p);
   return cudaGetLastError();

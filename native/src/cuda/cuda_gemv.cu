@@ -1,7 +1,6 @@
 // bf16 GEMV for decode, y = W x with W [rows, cols] bf16 row-major, x and y f32, f32 accumulation. Memory
 // bound: the goal is to stream W at close to HBM speed (vector loads, R rows per warp, U chunks in flight).
-#include <mutex>
-
+#include "cuda/cuda_internal.h"
 #include "cuda/cuda_kernels.cuh"
 
 namespace kvoff {
@@ -39,17 +38,6 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_bf16_any(const uint16_t* __
   if (lane == 0) y[row] = acc;
 }
 
-int sm_count() {
-  static std::once_flag once;
-  static int sms = 0;
-  std::call_once(once, [] {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
-    cudaGetLastError();
-  });
-  return sms;
-}
-
 template <int R, int U>
 cudaError_t launch_vec(const uint16_t* w, const float* x, float* y, int rows, int cols, cudaStream_t stream) {
   const int64_t warps = (static_cast<int64_t>(rows) + R - 1) / R;
@@ -70,7 +58,7 @@ cudaError_t launch_gemv_bf16(const uint16_t* w, const float* x, float* y, int ro
   }
   // More rows per warp reuse each x chunk across rows and cut warp count; but with few rows, one row
   // per warp keeps every SM busy. Aim for about 32 resident warps per SM.
-  const int64_t target = static_cast<int64_t>(sm_count()) * 32;
+  const int64_t target = static_cast<int64_t>(cudadev::sm_count()) * 32;
   if (rows >= 4 * target) return launch_vec<4, 2>(w, x, y, rows, cols, stream);
   if (rows >= 2 * target) return launch_vec<2, 4>(w, x, y, rows, cols, stream);
   return launch_vec<1, 4>(w, x, y, rows, cols, stream);

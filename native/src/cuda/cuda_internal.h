@@ -45,6 +45,7 @@ std::shared_ptr<DevArena> find_arena(uint32_t handle);
 std::shared_ptr<Stream> find_stream(uint32_t handle);  // creates stream 0 on first use
 void hold(Stream& st, Keep keep);
 uint64_t staging_bytes();
+int sm_count();  // of the current device (132 when it cannot be read), looked up once
 
 // The arenas and stream one call uses; the arenas go to hold() once the launch is enqueued.
 struct Bound {

@@ -88,10 +88,11 @@ cudaError_t launch_kv_gather(const GatherParams& p, int vecBytes, cudaStream_t s
 // of KV head h through blockTable; destination row h * dstCapacity + dstSlot + j. Positions and block ids
 // out of range are clamped into the region (memory-safe; they come from kvoff's own kernels).
 struct GatherTableParams {
-  const int32_t* positions;   // [numKvHeads, ldPositions]
-  const int32_t* blockTable;  // [tableLen] logical block -> physical block
-  uint2* table;               // [numKvHeads * n] out
+  const int32_t* positions;   // [seqs * numKvHeads, ldPositions]
+  const int32_t* blockTable;  // [seqs, tableLen] logical block -> physical block, a row per sequence
+  uint2* table;               // [seqs * numKvHeads * n] out
   uint32_t n, ldPositions, numKvHeads, blockSize, tableLen, numBlocks, dstCapacity, dstSlot;
+  uint32_t seqs;  // sequences sharing the host region, each with its block table and numKvHeads dst heads
 };
 cudaError_t launch_build_gather_table(const GatherTableParams& p, cudaStream_t stream);
 

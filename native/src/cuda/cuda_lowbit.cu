@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -296,7 +298,7 @@ struct ScoreParams {
 // block picks the same digit. Winners (C >= threshold, exactly k) are gathered in block 0 and bitonic-sorted.
 
 constexpr int kTopKThreads = 512;
-constexpr int kTopKCluster = 8;
+constexpr int kTopKMaxCluster = 8;  // blocks sharing a row: 8 for a few long rows, fewer when there are many rows
 constexpr int kTopKBins = 2048;
 constexpr int kTopKLevels = 5;
 
@@ -306,6 +308,8 @@ struct TopKParams {
   uint8_t* mask;        // [rows, ld] or null
   uint64_t ld, first;
   uint32_t n, k;
+  bool hasCounts;                       // row r ranks counts[r] positions (<= n) instead of n
+  uint32_t counts[kTopKMaxRowCounts];
 };
 
 __device__ __forceinline__ uint64_t topk_key(float f, uint32_t i) {
@@ -380,19 +384,36 @@ __device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* r
   return before + inc - v;
 }
 
-__global__ void __cluster_dims__(kTopKCluster, 1, 1) __launch_bounds__(kTopKThreads) topk_kernel(TopKParams p) {
+// Blocks per row: KVOFF_TOPK_CLUSTER (1, 2, 4 or 8) when set (experiments), else the largest power of two up to 8
+// with rows * size <= the SM count. H100, 64 rows of 24576 (a batch of 8 at the 8B shape), alone: 1 block a row
+// 36.6 us, 2 27.9, 4 44.9, 8 142.8 (bench/cuda-batch.ts); 8 rows of 131072 keep the 8 they were tuned with.
+uint32_t topk_cluster_size(uint32_t rows) {
+  static const uint32_t forced = [] {
+    const char* e = std::getenv("KVOFF_TOPK_CLUSTER");
+    const int v = e ? std::atoi(e) : 0;
+    return (v == 1 || v == 2 || v == 4 || v == 8) ? static_cast<uint32_t>(v) : 0u;
+  }();
+  if (forced) return forced;
+  const uint32_t budget = static_cast<uint32_t>(cudadev::sm_count());
+  uint32_t c = kTopKMaxCluster;
+  while (c > 1 && rows * c > budget) c /= 2;
+  return c;
+}
+
+__global__ void __launch_bounds__(kTopKThreads) topk_kernel(TopKParams p) {
   __shared__ uint32_t hist[kTopKBins];
   __shared__ unsigned long long wins[kTopKMaxK];  // block 0: the winners' select keys
   __shared__ uint32_t winCount;
   __shared__ uint32_t red[32];
   __shared__ uint32_t pick[3];  // digit, count above it, exact
   cg::cluster_group cluster = cg::this_cluster();
-  const uint32_t rank = cluster.block_rank(), tid = threadIdx.x;
+  const uint32_t rank = cluster.block_rank(), tid = threadIdx.x, C = cluster.num_blocks();
   const uint64_t row = blockIdx.y;
   const float* base = p.scores + row * p.ld + p.first;
+  const uint32_t n = p.hasCounts ? p.counts[row] : p.n;
   // This block's eighth of the n positions (a multiple of 4 long, so most of it is float4 loads).
-  const uint32_t part = ((p.n + kTopKCluster - 1) / kTopKCluster + 3) & ~3u;
-  const uint32_t lo = min(p.n, rank * part), hi = min(p.n, lo + part);
+  const uint32_t part = ((n + C - 1) / C + 3) & ~3u;
+  const uint32_t lo = min(n, rank * part), hi = min(n, lo + part);
   for (uint32_t b = tid; b < kTopKBins; b += kTopKThreads) hist[b] = 0;
   if (tid == 0) winCount = 0;
   __syncthreads();
@@ -428,7 +449,7 @@ __global__ void __cluster_dims__(kTopKCluster, 1, 1) __launch_bounds__(kTopKThre
     for (int e = 0; e < kTopKBins / kTopKThreads; ++e) {
       const uint32_t b = kTopKBins - 1 - (tid * (kTopKBins / kTopKThreads) + e);
       uint32_t sum = 0;
-      for (uint32_t r = 0; r < kTopKCluster; ++r) sum += cluster.map_shared_rank(hist, r)[b];
+      for (uint32_t r = 0; r < C; ++r) sum += cluster.map_shared_rank(hist, r)[b];
       hv[e] = b <= dmask ? sum : 0;
       mine += hv[e];
     }
@@ -466,12 +487,12 @@ __global__ void __cluster_dims__(kTopKCluster, 1, 1) __launch_bounds__(kTopKThre
   });
   if (p.mask) {
     // This block's eighth of [0, ld): 1 at the winners, 0 elsewhere.
-    const uint64_t mpart = (p.ld + kTopKCluster - 1) / kTopKCluster;
+    const uint64_t mpart = (p.ld + C - 1) / C;
     const uint64_t mlo = min(p.ld, rank * mpart), mhi = min(p.ld, mlo + mpart);
     uint8_t* m = p.mask + row * p.ld;
     for (uint64_t i = mlo + tid; i < mhi; i += kTopKThreads) {
       bool win = false;
-      if (i >= p.first && i < p.first + p.n) {
+      if (i >= p.first && i < p.first + n) {
         const uint32_t r = static_cast<uint32_t>(i - p.first);
         win = topk_key(__ldg(base + r), r) >= threshold;
       }
@@ -1102,8 +1123,24 @@ CudaStatus cuda_topk(const TopKCall& c) {
   p.out = reinterpret_cast<int32_t*>(at(o, c.out));
   p.mask = c.hasMask ? at(m, c.mask) : nullptr;
   p.ld = c.ld, p.first = c.first, p.n = c.n, p.k = c.k;
-  topk_kernel<<<dim3(kTopKCluster, c.rows), kTopKThreads, 0, st->s>>>(p);
-  const cudaError_t err = cudaGetLastError();
+  p.hasCounts = c.counts != nullptr;
+  if (p.hasCounts) std::memcpy(p.counts, c.counts, c.rows * sizeof(uint32_t));
+  // Rows times cluster size near the SM count: a few long rows (a sequence's heads) take clusters of 8, a batch's
+  // many rows fewer blocks each, whose cluster barriers and shared-memory exchange then cost less.
+  const uint32_t cluster = topk_cluster_size(c.rows);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(cluster, c.rows);
+  cfg.blockDim = dim3(kTopKThreads);
+  cfg.stream = st->s;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  cudaError_t err = cudaLaunchKernelEx(&cfg, topk_kernel, p);
+  if (err == cudaSuccess) err = cudaGetLastError();
   if (err != cudaSuccess) return failed("the cudaTopK kernel launch", err);
   if (m) hold(*st, {s, o, m});
   else hold(*st, {s, o});

@@ -90,12 +90,14 @@ CudaStatus cuda_kivi_scores(const KiviScoresCall& c);
 // ---- cudaTopK: per row, the k best of positions [first, first+n): best first, ties to the lower index, NaN last ----
 constexpr uint32_t kTopKMaxN = 1u << 20;  // the position fits the 20 low bits of the select key
 constexpr uint32_t kTopKMaxK = 4096;      // the winners sort in one block's shared memory
+constexpr uint32_t kTopKMaxRowCounts = 256;  // rows of a call with per-row counts (they travel in the launch)
 struct TopKCall {
   DevRef scores;  // [rows, ld] f32
   uint32_t rows = 0;
   uint64_t ld = 0;
   uint64_t first = 0;
   uint32_t n = 0, k = 0;
+  const int32_t* counts = nullptr;  // optional [rows]: row r ranks positions [first, first + counts[r]), k <= counts[r] <= n
   DevRef out;  // [rows, k] int32 absolute positions
   bool hasMask = false;
   DevRef mask;  // u8 [rows, ld]

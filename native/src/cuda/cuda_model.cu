@@ -135,21 +135,10 @@ cudaError_t slot_release(Slot* s, cudaStream_t stream, bool held) {
 
 // ---- Handles to pointers ----
 
-int sm_count() {
-  static std::once_flag once;
-  static int sms = 0;
-  std::call_once(once, [] {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
-    cudaGetLastError();
-  });
-  return sms;
-}
-
 // Blocks for a grid-stride loop over `items`: enough to fill the GPU, never more than there is work.
 unsigned grid_for(uint64_t items, int threads) {
   const uint64_t want = (items + threads - 1) / threads;
-  const uint64_t cap = static_cast<uint64_t>(sm_count()) * 32;
+  const uint64_t cap = static_cast<uint64_t>(cudadev::sm_count()) * 32;
   return static_cast<unsigned>(want == 0 ? 1 : want < cap ? want : cap);
 }
 
