@@ -9,13 +9,15 @@
 // instead (1, 2 or 4-bit KIVI keys, grouped per 64 tokens), the same key bytes, with scoring, top-k and gather
 // kernels the device already has, and no calibration pass over the model.
 import { KvoffArgumentError } from '../errors.js';
+import { cudaAttendScratchBytes } from '../kernels/device-attention-ref.js';
 import { deviceLowBitLayout } from '../kernels/device-lowbit-layout.js';
 import type { ModelConfig } from '../model/types.js';
 import { native, type DevRef } from '../native.js';
 import { DeviceArena, DeviceLayout } from './device-arena.js';
+import { qkvWidth } from './layer-kernels.js';
 import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
 import {
-  attnRef, drainPairs, freePairs, kvRegionBytes, partialsLayout, qkvRefs, scaleOf, waitFor, waitTimed,
+  attnRef, drainPairs, freePairs, kvRegionBytes, qkvRefs, scaleOf, waitFor, waitTimed,
   type HostKv, type ResidentAttention, type ResidentShape, type StepRows,
 } from './resident-attention.js';
 
@@ -26,6 +28,10 @@ export interface InfinigenResidentKnobs {
   window: number; // a multiple of INFINIGEN_KEY_GROUP: a completed key group is contiguous in the window ring
   sinks: number;
 }
+
+/** Bounds of the batched launches (native kBatchMaxSeqs, kAttendMaxHeads and kTopKMaxRowCounts). */
+const BATCH_MAX_SEQS = 64;
+const BATCH_MAX_HEADS = 256;
 
 /** Tokens per key group of the low-bit copy. */
 export const INFINIGEN_KEY_GROUP = 64; // the larger KIVI group: half the per-channel zero/scale bytes of 32
@@ -39,58 +45,93 @@ export function infinigenKeyBits(partialRatio: number): 1 | 2 | 4 {
 /** Hot slots per KV head: [sinks][window ring][top-k]. */
 const hotCapacity = (k: InfinigenResidentKnobs): number => k.sinks + k.window + k.topK;
 
-function keysShape(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs) {
+function keysShape(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, seqs = 1) {
   return {
-    numKvHeads: c.numKvHeads, headDim: c.headDim, bits: infinigenKeyBits(k.partialRatio), keyGroupSize: INFINIGEN_KEY_GROUP as 64,
+    numKvHeads: c.numKvHeads * seqs, headDim: c.headDim, bits: infinigenKeyBits(k.partialRatio), keyGroupSize: INFINIGEN_KEY_GROUP as 64,
     valueGroupSize: c.headDim, capacityTokens: capacity, keysOnly: true,
   };
 }
 
-function infinigenLayout(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, specRows = 1): DeviceLayout {
-  const layout = partialsLayout(c, hotCapacity(k));
-  const keys = deviceLowBitLayout(keysShape(c, capacity, k));
+/** Bytes of one sequence's share of each per-sequence buffer (sequence s's lies s of these into the buffer). */
+function perSeqBytes(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, blocks: number) {
+  return {
+    keys: deviceLowBitLayout(keysShape(c, capacity, k)).layerBytes, // a layer's KIVI keys: Hkv sections
+    hot: kvRegionBytes(c, hotCapacity(k)), // [Hkv, hotCap, 2, D]
+    picks: c.numKvHeads * k.topK * 4, // int32 [Hkv, topK], best first
+    scores: c.numKvHeads * capacity * 4, // f32 [Hkv, capacity]
+    blockTable: blocks * 4, // int32 [blocks]
+  };
+}
+
+/**
+ * The device buffers of a batch of `seqs` sequences (one sequence: seqs 1), sequence-major so that one launch covers
+ * the batch: sequence s's part of each per-sequence buffer follows sequence s - 1's, and a batch's keys, hot sets and
+ * picks read as one sequence of seqs * Hkv heads.
+ */
+function infinigenLayout(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, seqs: number, blocks = Math.ceil(capacity)): DeviceLayout {
+  const per = perSeqBytes(c, capacity, k, blocks);
+  const hotCap = hotCapacity(k);
+  const layout = new DeviceLayout()
+    .add('lse', seqs * c.numHeads * 4) // f32 [seqs, nH]
+    .add('attnScratch', cudaAttendScratchBytes({ numKvHeads: seqs * c.numKvHeads, groupSize: c.numHeads / c.numKvHeads, headDim: c.headDim, maxRows: hotCap }));
   for (let l = 0; l < c.numLayers; l++) {
-    layout.add(`keys${l}`, keys.layerBytes);
-    layout.add(`hot${l}`, kvRegionBytes(c, hotCapacity(k))); // [Hkv, hotCap, 2, D]
-    layout.add(`picks${l}`, c.numKvHeads * k.topK * 4); // int32 [Hkv, topK], best first
-  }
-  if (specRows > 0) {
-    layout
-      .add('specX', specRows * c.hiddenSize * 4) // f32 [rows, H]: layer l's input, set aside for the copy stream
-      .add('specN', specRows * c.hiddenSize * 4) // f32 [rows, H]: normed with layer l + 1's input norm
-      .add('specQ', specRows * c.numHeads * c.headDim * 4); // f32 [rows, nH, D]: layer l + 1's speculated queries, rotated
+    layout.add(`keys${l}`, seqs * per.keys);
+    layout.add(`hot${l}`, seqs * per.hot);
+    layout.add(`picks${l}`, seqs * per.picks);
   }
   return layout
-    .add('scores', c.numKvHeads * capacity * 4) // f32 [Hkv, capacity]
-    .add('gatherTable', c.numKvHeads * k.topK * 8) // uint32 [Hkv * topK, 2]
-    .add('blockTable', capacity * 4); // int32 [<= capacity blocks]
+    .add('specX', seqs * c.hiddenSize * 4) // f32 [seqs, H]: layer l's input, set aside for the copy stream
+    .add('specN', seqs * c.hiddenSize * 4) // f32 [seqs, H]: normed with layer l + 1's input norm
+    .add('specQ', seqs * c.numHeads * c.headDim * 4) // f32 [seqs, nH, D]: layer l + 1's speculated queries, rotated
+    .add('scores', seqs * per.scores)
+    .add('gatherTable', seqs * c.numKvHeads * k.topK * 8) // uint32 [seqs * Hkv * topK, 2]
+    .add('blockTable', seqs * per.blockTable); // int32 [seqs, blocks]: each sequence's table, padded with its first block
 }
 
 /**
- * Bytes infinigen keeps on the device for a run of `capacity` tokens (the part the budget caps), with the speculation
- * buffers of `specRows` sequences (a batch's leader holds them for all; the others none).
+ * Bytes infinigen keeps on the device for `seqs` sequences of up to `capacity` tokens each (the part the budget
+ * caps): the batch's leader holds them all.
  */
-export function infinigenDeviceBytes(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, specRows = 1): number {
-  return infinigenLayout(c, capacity, k, specRows).bytes;
+export function infinigenDeviceBytes(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, seqs = 1): number {
+  return infinigenLayout(c, capacity, k, seqs).bytes;
+}
+
+/** What every sequence of a batch shares: the leader's device buffers, events and speculation. */
+class Shared {
+  readonly arena: DeviceArena;
+  readonly per: ReturnType<typeof perSeqBytes>;
+  readonly blocks: number; // block-table entries per sequence
+  readonly fetched: number[]; // [numLayers] event after the copy stream's pick and fetch for that layer, 0 when none
+  readonly copyEvents: Array<[number, number]> = []; // (start, end) of each layer's gathers: the copy time
+  readonly stallEvents: Array<[number, number]> = []; // (before, after) each compute-stream wait for a layer's fetch
+  readonly exposedEvents: Array<[number, number]> = []; // layer 0's pick and gather, on the compute stream: copy time never hidden
+  readonly members: InfinigenResident[] = [];
+  constructor(c: ModelConfig, capacity: number, k: InfinigenResidentKnobs, readonly seqs: number) {
+    this.blocks = Math.ceil(capacity); // a block holds at least one token: enough entries for any block size
+    this.per = perSeqBytes(c, capacity, k, this.blocks);
+    this.fetched = new Array<number>(c.numLayers).fill(0);
+    this.arena = DeviceArena.create(infinigenLayout(c, capacity, k, seqs, this.blocks));
+  }
 }
 
 /**
- * One sequence's infinigen. In a batch, the first sequence's (the leader's) attendBatch runs the layer for all: the
- * speculation's norm, projection and RoPE once over every row, then each sequence's scores and top-k, all its gathers
- * between one pair of timing events, and one event the next layer waits for; the leader holds those buffers and events.
+ * One sequence's infinigen. The first sequence of a batch (the leader, made with `seqs`) allocates the device buffers
+ * of all; the others join it (join). Each layer of a batch runs as one launch per kernel over every sequence
+ * (attendBatch): the speculation's norm, projection and RoPE over every row, then the scores, top-k and gather of all
+ * sequences' heads at once, between one pair of timing events, and one event the next layer waits for.
  */
 export class InfinigenResident implements ResidentAttention {
   readonly speculative = false;
   readonly waitsForHost = false;
-  readonly #arena: DeviceArena;
+  /** One launch per kernel for the whole batch (false: a launch per sequence, the reference the tests hold it to). */
+  batchedKernels = true;
+  /** Profiling: marks the copy stream's phases of the speculation (a PhaseProfile of copyStream). */
+  copyProfile: { mark(phase: string): void } | null = null;
+  readonly #shared: Shared;
   readonly #hotCap: number;
   readonly #w: Array<{ inNorm: DevRef; qkv: DevRef; qkvBias: DevRef | null }>; // each layer's query-side weights
   readonly #counts: Int32Array;
-  readonly #keyShape: ReturnType<typeof keysShape>; // the low-bit keys' shape fields, which every key kernel takes
-  readonly #fetched: number[]; // [numLayers] event after the copy stream's pick and fetch for that layer, 0 when none
-  copyEvents: Array<[number, number]> = []; // (start, end) of each gather: the copy time
-  stallEvents: Array<[number, number]> = []; // (before, after) each compute-stream wait for a layer's fetch
-  exposedEvents: Array<[number, number]> = []; // layer 0's pick and gather, on the compute stream: copy time never hidden
+  readonly #keyShape: ReturnType<typeof keysShape>; // one sequence's low-bit keys' shape fields, which every key kernel takes
 
   constructor(
     readonly s: ResidentShape,
@@ -98,7 +139,7 @@ export class InfinigenResident implements ResidentAttention {
     readonly host: HostKv,
     readonly copyStream: number,
     weights: DeviceArena, // weightLayout(c) (cuda-weights.ts)
-    readonly specRows = 1, // sequences whose speculation this one runs: the batch size for the leader, 0 for the others
+    seqs: number | { leader: InfinigenResident } = 1, // the leader: the batch's size; the others: their leader
   ) {
     const c = s.config;
     if (k.window < INFINIGEN_KEY_GROUP || k.window % INFINIGEN_KEY_GROUP !== 0) throw new KvoffArgumentError('infinigen window', `a positive multiple of ${INFINIGEN_KEY_GROUP}`, k.window);
@@ -107,28 +148,56 @@ export class InfinigenResident implements ResidentAttention {
     this.#w = Array.from({ length: c.numLayers }, (_, l) => ({
       inNorm: weights.ref(`${l}.inNorm`), qkv: weights.ref(`${l}.qkv`), qkvBias: c.attentionBias ? weights.ref(`${l}.qkvBias`) : null,
     }));
-    this.#fetched = new Array<number>(c.numLayers).fill(0);
     this.#counts = new Int32Array(c.numKvHeads);
     this.#keyShape = keysShape(c, s.capacity, k);
-    this.#arena = DeviceArena.create(infinigenLayout(c, s.capacity, k, specRows));
+    if (typeof seqs === 'number') {
+      if (!Number.isSafeInteger(seqs) || seqs < 1) throw new KvoffArgumentError('infinigen batch', 'an integer >= 1', seqs);
+      this.#shared = new Shared(c, s.capacity, k, seqs);
+    } else {
+      const lead = seqs.leader;
+      this.#shared = lead.#shared;
+      // One sequence's share of the leader's buffers is sized for the leader's shape and knobs; the batched store and
+      // gather address every sequence's blocks through one host region.
+      const same = (x: ReturnType<HostKv['region']>, y: ReturnType<HostKv['region']>) => x.handle === y.handle && x.offset === y.offset && x.numBlocks === y.numBlocks;
+      if (s.capacity !== lead.s.capacity || k.topK !== lead.k.topK || k.window !== lead.k.window || k.sinks !== lead.k.sinks || k.partialRatio !== lead.k.partialRatio || !same(host.region(0), lead.host.region(0)))
+        throw new Error('infinigen: a sequence joins a batch whose leader has another capacity, other knobs or another host region');
+    }
+    this.seq = this.#shared.members.length;
     try {
-      const bt = host.blockIds;
-      native().cudaArenaWrite({ handle: this.#arena.handle, offset: this.#arena.ref('blockTable').devOffset, data: new Uint8Array(bt.buffer, bt.byteOffset, bt.byteLength) });
+      if (this.seq >= this.#shared.seqs) throw new Error(`infinigen: a batch of ${this.#shared.seqs} is full`);
+      if (host.blockIds.length > this.#shared.blocks) throw new Error(`infinigen: ${host.blockIds.length} blocks, more than the ${this.#shared.blocks} a sequence has room for`);
+      // This sequence's row of the block table, padded with its first block (the gather clamps to the table).
+      const bt = new Int32Array(this.#shared.blocks).fill(host.blockIds[0] ?? 0);
+      bt.set(host.blockIds);
+      native().cudaArenaWrite({ handle: this.#shared.arena.handle, offset: this.#ref('blockTable').devOffset, data: new Uint8Array(bt.buffer) });
     } catch (err) {
-      this.#arena.free();
+      if (this.seq === 0) this.#shared.arena.free();
       throw err;
     }
+    this.#shared.members.push(this);
   }
 
+  /** This sequence's index in its batch (0: the leader). */
+  readonly seq: number;
+
+  /** A batch's leader holds every sequence's device memory; the others none. */
   get deviceBytes(): number {
-    return this.#arena.bytes;
+    return this.seq === 0 ? this.#shared.arena.bytes : 0;
   }
+
+  /** A buffer of the batch (sequence 0's part first). */
   ref(name: string, byteOffset = 0): DevRef {
-    return this.#arena.ref(name, byteOffset);
+    return this.#shared.arena.ref(name, byteOffset);
+  }
+
+  /** This sequence's part of a per-sequence buffer (keysL, hotL, picksL, scores, blockTable). */
+  #ref(name: string): DevRef {
+    const kind = name.replace(/\d+$/, '') as keyof Shared['per'];
+    return this.ref(name, this.seq * this.#shared.per[kind]);
   }
 
   #keys(layer: number, stream = this.s.stream) {
-    return { ...this.#keyShape, lowBit: this.ref(`keys${layer}`), stream };
+    return { ...this.#keyShape, lowBit: this.#ref(`keys${layer}`), stream };
   }
 
   /** Tokens ranked for the top-k among n stored: those between the sinks and the window (all of them when fewer than topK). */
@@ -138,16 +207,18 @@ export class InfinigenResident implements ResidentAttention {
     return Math.min(topK, n - sinks - window);
   }
 
+  /** Key groups covering [0, n - window): quantized already, since the window holds at least one group and a group is quantized as soon as its last token is stored. */
+  #groups(n: number): number {
+    return Math.ceil((n - this.k.window) / INFINIGEN_KEY_GROUP);
+  }
+
   /** Scores layer `layer`'s quantized keys with q ([nH, D]) and takes each head's best, on `on`; returns the picks per head. */
   #pick(layer: number, q: DevRef, n: number, on: number): number {
     const c = this.s.config;
     const { sinks, window } = this.k;
     const ranked = this.#ranked(n);
-    // The groups covering [0, n - window): quantized already, since the window holds at least one group and a group
-    // is quantized as soon as its last token is stored.
-    const numGroups = Math.ceil((n - window) / INFINIGEN_KEY_GROUP);
-    native().cudaKiviScores({ ...this.#keys(layer, on), groupSize: c.numHeads / c.numKvHeads, q, numGroups, out: this.ref('scores'), ldOut: this.s.capacity });
-    native().cudaTopK({ scores: this.ref('scores'), rows: c.numKvHeads, ld: this.s.capacity, first: sinks, n: n - window - sinks, k: ranked, out: this.ref(`picks${layer}`), stream: on });
+    native().cudaKiviScores({ ...this.#keys(layer, on), groupSize: c.numHeads / c.numKvHeads, q, numGroups: this.#groups(n), out: this.#ref('scores'), ldOut: this.s.capacity });
+    native().cudaTopK({ scores: this.#ref('scores'), rows: c.numKvHeads, ld: this.s.capacity, first: sinks, n: n - window - sinks, k: ranked, out: this.#ref(`picks${layer}`), stream: on });
     return ranked;
   }
 
@@ -155,16 +226,44 @@ export class InfinigenResident implements ResidentAttention {
   #fetch(layer: number, ranked: number, on: number): void {
     const { sinks, window } = this.k;
     native().cudaKvGatherDevice({
-      ...this.host.region(layer), blockTable: this.ref('blockTable'), tableLen: this.host.blockIds.length, positions: this.ref(`picks${layer}`),
-      ldPositions: ranked, n: ranked, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
+      ...this.host.region(layer), blockTable: this.#ref('blockTable'), tableLen: this.#shared.blocks, positions: this.#ref(`picks${layer}`),
+      ldPositions: ranked, n: ranked, dst: this.#ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
     });
   }
 
-  /** Every sequence's pick of `layer` with its query (q(i)), then all the gathers, between one pair of timing events. */
-  #pickAndFetchAll(seqs: InfinigenResident[], layer: number, q: (i: number) => DevRef, steps: readonly StepRows[], on: number): [number, number] {
-    const ranked = seqs.map((x, i) => x.#pick(layer, q(i), steps[i].pos + 1, on));
+  /**
+   * Every sequence's pick of `layer` with its query (sequence i's at q + i * [nH, D]), then the gathers, between one
+   * pair of timing events: one launch each for the batch when every sequence ranks a full top-k, else one a sequence.
+   */
+  #pickAndFetchAll(seqs: InfinigenResident[], layer: number, q: DevRef, steps: readonly StepRows[], on: number): [number, number] {
+    const c = this.s.config;
+    const { sinks, window, topK } = this.k;
+    const ns = steps.map((st) => st.pos + 1);
+    const qAt = (i: number) => ({ devHandle: q.devHandle, devOffset: q.devOffset + i * c.numHeads * c.headDim * 4 });
+    if (!this.#whole(seqs) || ns.some((n) => this.#ranked(n) < topK)) {
+      const ranked = seqs.map((x, i) => x.#pick(layer, qAt(i), ns[i], on));
+      const t0 = native().cudaEventRecord({ stream: on, timing: true });
+      seqs.forEach((x, i) => x.#fetch(layer, ranked[i], on));
+      return [t0, native().cudaEventRecord({ stream: on, timing: true })];
+    }
+    const B = seqs.length;
+    const rows = B * c.numKvHeads;
+    const ranked = ns.map((n) => n - window - sinks); // tokens each sequence ranks
+    const maxRanked = Math.max(...ranked);
+    native().cudaKiviScores({
+      ...keysShape(c, this.s.capacity, this.k, B), lowBit: this.ref(`keys${layer}`), stream: on, groupSize: c.numHeads / c.numKvHeads, q,
+      numGroups: Math.max(...ns.map((n) => this.#groups(n))), out: this.ref('scores'), ldOut: this.s.capacity,
+    });
+    const counts = ranked.every((r) => r === maxRanked) ? undefined : Int32Array.from({ length: rows }, (_, r) => ranked[Math.floor(r / c.numKvHeads)]);
+    if (on === this.copyStream) this.copyProfile?.mark('scores');
+    native().cudaTopK({ scores: this.ref('scores'), rows, ld: this.s.capacity, first: sinks, n: maxRanked, counts, k: topK, out: this.ref(`picks${layer}`), stream: on });
+    if (on === this.copyStream) this.copyProfile?.mark('top-k');
     const t0 = native().cudaEventRecord({ stream: on, timing: true });
-    seqs.forEach((x, i) => x.#fetch(layer, ranked[i], on));
+    native().cudaKvGatherDevice({
+      ...this.host.region(layer), seqs: B, blockTable: this.ref('blockTable'), tableLen: this.#shared.blocks, positions: this.ref(`picks${layer}`),
+      ldPositions: topK, n: topK, dst: this.ref(`hot${layer}`), dstCapacity: this.#hotCap, dstSlot: sinks + window, table: this.ref('gatherTable'), stream: on,
+    });
+    if (on === this.copyStream) this.copyProfile?.mark('gather');
     return [t0, native().cudaEventRecord({ stream: on, timing: true })];
   }
 
@@ -175,6 +274,7 @@ export class InfinigenResident implements ResidentAttention {
    */
   #speculate(seqs: InfinigenResident[], next: number, a: DeviceArena, steps: readonly StepRows[]): void {
     const c = this.s.config;
+    const sh = this.#shared;
     const on = this.copyStream;
     const B = seqs.length;
     const row0 = steps[0].row0 ?? 0;
@@ -182,6 +282,7 @@ export class InfinigenResident implements ResidentAttention {
     const w = this.#w[next];
     native().cudaCopyD2D({ src: a.ref('x', row0 * c.hiddenSize * 4), dst: this.ref('specX'), bytes: B * c.hiddenSize * 4, stream: this.s.stream });
     waitFor(on, this.s.stream);
+    this.copyProfile?.mark('copy stream idle');
     native().cudaRmsNorm({ x: this.ref('specX'), weight: w.inNorm, out: this.ref('specN'), rows: B, n: c.hiddenSize, eps: c.rmsNormEps, stream: on });
     // The fused q|k|v weight is [width, H] row-major: its first nH * D rows are the query projection.
     native().cudaGemm({ w: w.qkv, x: this.ref('specN'), y: this.ref('specQ'), m: B, n: qWidth, k: c.hiddenSize, stream: on });
@@ -189,22 +290,24 @@ export class InfinigenResident implements ResidentAttention {
     // The rows' cos/sin (each sequence's position) stay put until the compute stream has waited for this layer's fetch.
     const rope = { rows: B, heads: c.numHeads, headDim: c.headDim, cos: a.ref('cos', row0 * c.headDim * 4), sin: a.ref('sin', row0 * c.headDim * 4), stream: on };
     native().cudaRope({ ...rope, x: this.ref('specQ') });
-    this.copyEvents.push(this.#pickAndFetchAll(seqs, next, (i) => this.ref('specQ', i * qWidth * 4), steps, on));
-    if (this.#fetched[next] !== 0) native().cudaEventFree({ event: this.#fetched[next] });
-    this.#fetched[next] = native().cudaEventRecord({ stream: on });
+    this.copyProfile?.mark('speculated query');
+    sh.copyEvents.push(this.#pickAndFetchAll(seqs, next, this.ref('specQ'), steps, on));
+    if (sh.fetched[next] !== 0) native().cudaEventFree({ event: sh.fetched[next] });
+    sh.fetched[next] = native().cudaEventRecord({ stream: on });
   }
 
   /** Makes the compute stream wait for a layer's fetch, timed (waitTimed: the stall is zero when it came first). */
   #awaitFetch(layer: number): void {
-    waitTimed(this.s.stream, this.#fetched[layer], this.stallEvents);
-    this.#fetched[layer] = 0;
+    waitTimed(this.s.stream, this.#shared.fetched[layer], this.#shared.stallEvents);
+    this.#shared.fetched[layer] = 0;
   }
 
   /** A prefilled layer (staged on the device): its low-bit keys (complete groups) and the hot sinks and window. */
   load(layer: number, staged: StagedLayer): void {
     const groups = Math.floor(staged.n / INFINIGEN_KEY_GROUP) * INFINIGEN_KEY_GROUP;
     native().cudaKiviQuantize({ ...this.#keys(layer), kv: staged.kv(0), dtype: this.s.dtype, kvCapacity: staged.capacity, kvFirstRow: 0, first: 0, tokens: groups });
-    fillSinksAndWindow(this.s.config, staged, (off) => this.ref(`hot${layer}`, off), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
+    const hot = this.#ref(`hot${layer}`);
+    fillSinksAndWindow(this.s.config, staged, (off) => ({ devHandle: hot.devHandle, devOffset: hot.devOffset + off }), this.#hotCap, this.k.sinks, this.k.window, this.s.stream);
   }
 
   attend(layer: number, a: DeviceArena, step: StepRows): void {
@@ -214,35 +317,73 @@ export class InfinigenResident implements ResidentAttention {
   /** A layer of every sequence of the batch (this one the leader, peers[0]); see the class comment. */
   attendBatch(layer: number, a: DeviceArena, steps: readonly StepRows[], peers: readonly ResidentAttention[]): void {
     const seqs = peers as InfinigenResident[];
-    if (seqs[0] !== this || seqs.length > this.specRows) throw new Error(`infinigen: a batch of ${seqs.length} led by a sequence sized for ${this.specRows}`);
+    if (seqs[0] !== this || seqs.some((x) => x.#shared !== this.#shared)) throw new Error(`infinigen: a batch of ${seqs.length} not led by its own leader`);
     // The speculation reads every sequence's row at once: one row each, one after another.
     if (steps.some((st, i) => st.rows !== 1 || (st.row0 ?? 0) !== (steps[0].row0 ?? 0) + i)) throw new Error('infinigen: a batch\'s rows must be one a sequence, consecutive');
     steps.forEach((step, i) => seqs[i].#ranked(step.pos + 1)); // a context too short is refused before anything is enqueued
-    steps.forEach((step, i) => seqs[i].#store(layer, a, step));
+    const whole = this.#whole(seqs);
+    if (whole) this.#storeAll(seqs, layer, a, steps);
+    else steps.forEach((step, i) => seqs[i].#store(layer, a, step));
     steps[0].mark?.('store');
-    const own = (i: number) => qkvRefs(this.s.config, a, steps[i].row0 ?? 0).q;
-    if (layer === 0) this.exposedEvents.push(this.#pickAndFetchAll(seqs, 0, own, steps, this.s.stream));
-    else if (this.#fetched[layer] !== 0) this.#awaitFetch(layer);
+    const q0 = qkvRefs(this.s.config, a, steps[0].row0 ?? 0).q;
+    if (layer === 0) this.#shared.exposedEvents.push(this.#pickAndFetchAll(seqs, 0, this.#ownQueries(a, steps), steps, this.s.stream));
+    else if (this.#shared.fetched[layer] !== 0) this.#awaitFetch(layer);
     else throw new Error(`infinigen: layer ${layer} attended with no fetch speculated for it`);
     steps[0].mark?.('layer 0 pick / wait');
     if (layer + 1 < this.s.config.numLayers) this.#speculate(seqs, layer + 1, a, steps); // beside this layer's attention and MLP
-    steps.forEach((step, i) => seqs[i].#attendHot(layer, a, step));
+    if (whole) this.#attendHotAll(seqs, layer, a, steps, q0);
+    else steps.forEach((step, i) => seqs[i].#attendHot(layer, a, step));
     steps[0].mark?.('hot attention');
+  }
+
+  /**
+   * Whether one launch a kernel can run these sequences: the batch in order (its buffers then read as one), within
+   * the batched kernels' bounds (64 tokens a write, 256 heads an attention or top-k call); else a launch a sequence.
+   */
+  #whole(seqs: readonly InfinigenResident[]): boolean {
+    return this.batchedKernels && seqs.length <= BATCH_MAX_SEQS && seqs.length * this.s.config.numKvHeads <= BATCH_MAX_HEADS && seqs.every((x, i) => x.seq === i);
+  }
+
+  /** Layer 0's queries, [B, nH, D] one after another (the fused qkv rows hold k and v between them): copied into specQ. */
+  #ownQueries(a: DeviceArena, steps: readonly StepRows[]): DevRef {
+    const c = this.s.config;
+    const qBytes = c.numHeads * c.headDim * 4;
+    steps.forEach((step, i) => native().cudaCopyD2D({ src: qkvRefs(c, a, step.row0 ?? 0).q, dst: this.ref('specQ', i * qBytes), bytes: qBytes, stream: this.s.stream }));
+    return this.ref('specQ');
   }
 
   /** The step's token: home to the pinned host cache, into the window ring, and a completed key group quantized. */
   #store(layer: number, a: DeviceArena, step: StepRows): void {
     const { config: c, dtype, stream } = this.s;
     const { sinks, window } = this.k;
-    const hot = this.ref(`hot${layer}`);
-    const n = step.pos + 1; // tokens stored once this row is written
+    const hot = this.#ref(`hot${layer}`);
     const { k, v } = qkvRefs(c, a, step.row0 ?? 0);
     native().cudaKvStoreHost({ ...this.host.region(layer), k, v, tokens: 1, blockIds: this.host.blockIds, start: step.pos, stream });
     native().cudaKvWrite({ numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream, k, v, tokens: 1, dst: hot, capacity: this.#hotCap, slot: sinks + (step.pos % window) });
-    if (n % INFINIGEN_KEY_GROUP === 0) {
-      const first = n - INFINIGEN_KEY_GROUP;
-      native().cudaKiviQuantize({ ...this.#keys(layer), kv: hot, dtype, kvCapacity: this.#hotCap, kvFirstRow: sinks + (first % window), first, tokens: INFINIGEN_KEY_GROUP });
-    }
+    this.#quantizeGroup(layer, step.pos);
+  }
+
+  /** When position pos completes a key group: that group (in the window ring) into the low-bit keys. */
+  #quantizeGroup(layer: number, pos: number): void {
+    const n = pos + 1;
+    if (n % INFINIGEN_KEY_GROUP !== 0) return;
+    const first = n - INFINIGEN_KEY_GROUP;
+    native().cudaKiviQuantize({ ...this.#keys(layer), kv: this.#ref(`hot${layer}`), dtype: this.s.dtype, kvCapacity: this.#hotCap, kvFirstRow: this.k.sinks + (first % this.k.window), first, tokens: INFINIGEN_KEY_GROUP });
+  }
+
+  /** #store for the whole batch: one host store and one window write for every sequence's token. */
+  #storeAll(seqs: InfinigenResident[], layer: number, a: DeviceArena, steps: readonly StepRows[]): void {
+    const { config: c, dtype, stream } = this.s;
+    const { sinks, window } = this.k;
+    const { k, v } = qkvRefs(c, a, steps[0].row0 ?? 0);
+    const srcRowStride = qkvWidth(c); // the sequences' rows are consecutive rows of the fused qkv
+    const region = this.host.region(layer);
+    const blocks = Int32Array.from(steps, (st, i) => seqs[i].host.blockIds[Math.floor(st.pos / region.blockSize)]);
+    const offsets = Int32Array.from(steps, (st) => st.pos % region.blockSize);
+    const src = { k, v, srcRowStride, tokens: steps.length, stream };
+    native().cudaKvStoreHost({ ...region, ...src, blocks, offsets });
+    native().cudaKvWrite({ ...src, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, dst: this.ref(`hot${layer}`), capacity: this.#hotCap, slots: Int32Array.from(steps, (st) => sinks + (st.pos % window)) });
+    steps.forEach((st, i) => seqs[i].#quantizeGroup(layer, st.pos));
   }
 
   /** Attention of the step's row over the hot set: sinks, window ring and the fetched top-k. */
@@ -253,20 +394,49 @@ export class InfinigenResident implements ResidentAttention {
     if (this.#counts[0] !== hot) this.#counts.fill(hot); // [Hkv] hot rows attended
     const row0 = step.row0 ?? 0;
     native().cudaAttendDecode({
-      numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream, kv: this.ref(`hot${layer}`), capacity: this.#hotCap, groupSize: c.numHeads / c.numKvHeads,
+      numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, stream, kv: this.#ref(`hot${layer}`), capacity: this.#hotCap, groupSize: c.numHeads / c.numKvHeads,
       counts: this.#counts, q: qkvRefs(c, a, row0).q, scale: scaleOf(c), out: attnRef(c, a, row0), lse: this.ref('lse'),
-      scratch: this.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+      scratch: this.ref('attnScratch'), scratchBytes: this.#shared.arena.bytesOf('attnScratch'),
     });
   }
 
-  drainCopyMs(): { copyMs: number; stallMs: number } {
-    const exposed = drainPairs(this.exposedEvents);
-    return { copyMs: drainPairs(this.copyEvents) + exposed, stallMs: drainPairs(this.stallEvents) + exposed };
+  /** #attendHot for the whole batch: one launch over every sequence's hot set, each head attending its sequence's. */
+  #attendHotAll(seqs: InfinigenResident[], layer: number, a: DeviceArena, steps: readonly StepRows[], q0: DevRef): void {
+    const { config: c, dtype, stream } = this.s;
+    const counts = this.#batchCounts(steps);
+    native().cudaAttendDecode({
+      numKvHeads: c.numKvHeads, seqs: seqs.length, qSeqStride: qkvWidth(c), headDim: c.headDim, dtype, stream, kv: this.ref(`hot${layer}`), capacity: this.#hotCap,
+      groupSize: c.numHeads / c.numKvHeads, counts, q: q0, scale: scaleOf(c), out: attnRef(c, a, steps[0].row0 ?? 0), lse: this.ref('lse'),
+      scratch: this.ref('attnScratch'), scratchBytes: this.#shared.arena.bytesOf('attnScratch'),
+    });
   }
 
+  /** [B * Hkv] hot rows each head attends: sinks, window and its sequence's top-k (all of a short context's). */
+  #batchCounts(steps: readonly StepRows[]): Int32Array {
+    const H = this.s.config.numKvHeads;
+    const { sinks, window } = this.k;
+    if (this.#allCounts?.length !== steps.length * H) this.#allCounts = new Int32Array(steps.length * H);
+    steps.forEach((st, i) => this.#allCounts!.fill(sinks + window + this.#ranked(st.pos + 1), i * H, (i + 1) * H));
+    return this.#allCounts;
+  }
+  #allCounts: Int32Array | null = null;
+
+  drainCopyMs(): { copyMs: number; stallMs: number } {
+    if (this.seq !== 0) return { copyMs: 0, stallMs: 0 }; // the leader's events are the batch's
+    const sh = this.#shared;
+    const exposed = drainPairs(sh.exposedEvents);
+    return { copyMs: drainPairs(sh.copyEvents) + exposed, stallMs: drainPairs(sh.stallEvents) + exposed };
+  }
+
+  /** The leader frees the batch's buffers and events (after its members: dispose them first or together). */
   dispose(): void {
-    for (const pairs of [this.copyEvents, this.stallEvents, this.exposedEvents]) freePairs(pairs);
-    for (const e of this.#fetched) if (e !== 0) native().cudaEventFree({ event: e });
-    this.#arena.free();
+    if (this.seq !== 0) return;
+    const sh = this.#shared;
+    for (const pairs of [sh.copyEvents, sh.stallEvents, sh.exposedEvents]) freePairs(pairs);
+    for (const [l, e] of sh.fetched.entries()) {
+      if (e !== 0) native().cudaEventFree({ event: e });
+      sh.fetched[l] = 0;
+    }
+    sh.arena.free();
   }
 }

@@ -139,31 +139,65 @@ export function waitFor(stream: number, after: number): void {
   native().cudaEventFree({ event: e }); // legal once waited on: CUDA releases it when it completes
 }
 
-function denseLayout(c: ModelConfig, capacity: number): DeviceLayout {
-  const layout = partialsLayout(c, capacity);
-  for (let l = 0; l < c.numLayers; l++) layout.add(`kv${l}`, kvRegionBytes(c, capacity));
+/** [numLayers][seqs, Hkv, capacity, 2, D]: a batch's KV of each layer, sequence-major so one launch covers it. */
+function denseLayout(c: ModelConfig, capacity: number, seqs: number): DeviceLayout {
+  const layout = new DeviceLayout()
+    .add('lse', seqs * c.numHeads * 4) // f32 [seqs, nH]
+    .add('attnScratch', cudaAttendScratchBytes({ numKvHeads: seqs * c.numKvHeads, groupSize: c.numHeads / c.numKvHeads, headDim: c.headDim, maxRows: capacity }));
+  for (let l = 0; l < c.numLayers; l++) layout.add(`kv${l}`, seqs * kvRegionBytes(c, capacity));
   return layout;
 }
 
 /** Bytes of dense's KV on the device for a run of `capacity` tokens (its partials and scratch aside, as the host-side plan counts it). */
 export const denseKvBytes = (c: ModelConfig, capacity: number): number => c.numLayers * kvRegionBytes(c, capacity);
 
-/** dense: every layer's KV in one device arena, [numLayers][Hkv, capacity, 2, D]. */
+/** Bounds of one batched launch (native kBatchMaxSeqs and kAttendMaxHeads): larger batches take a launch a sequence. */
+export const BATCH_MAX_SEQS = 64;
+export const BATCH_MAX_HEADS = 256;
+
+/**
+ * dense: every layer's KV in device memory. The first sequence of a batch (the leader, made with `seqs`) allocates
+ * every sequence's, [numLayers][seqs, Hkv, capacity, 2, D]; the others join it. A batch's layer is one KV write and
+ * one attention launch for all sequences (attendBatch).
+ */
 export class DenseResident implements ResidentAttention {
   readonly speculative = false;
   readonly waitsForHost = false;
   readonly host = null;
+  /** One launch per kernel for the whole batch (false: a launch per sequence, the reference the tests hold it to). */
+  batchedKernels = true;
+  readonly seq: number; // index in the batch (0: the leader)
   readonly #arena: DeviceArena;
+  readonly #seqs: number;
   readonly #counts: PerStep<Int32Array>; // [Hkv] rows attended: every token up to the step's own
-  constructor(readonly s: ResidentShape) {
-    this.#arena = DeviceArena.create(denseLayout(s.config, s.capacity));
+  constructor(readonly s: ResidentShape, seqs: number | { leader: DenseResident } = 1) {
+    if (typeof seqs === 'number') {
+      if (!Number.isSafeInteger(seqs) || seqs < 1) throw new KvoffArgumentError('dense batch', 'an integer >= 1', seqs);
+      this.#arena = DeviceArena.create(denseLayout(s.config, s.capacity, seqs));
+      this.#seqs = seqs;
+      this.seq = 0;
+      this.#members = [this];
+    } else {
+      const lead = seqs.leader;
+      if (s.capacity !== lead.s.capacity) throw new Error(`dense: a sequence of capacity ${s.capacity} joins a batch sized for ${lead.s.capacity}`);
+      if (lead.#members.length >= lead.#seqs) throw new Error(`dense: a batch of ${lead.#seqs} is full`);
+      this.#arena = lead.#arena;
+      this.#seqs = lead.#seqs;
+      this.seq = lead.#members.length;
+      this.#members = lead.#members;
+      this.#members.push(this);
+    }
     this.#counts = new PerStep((pos) => new Int32Array(s.config.numKvHeads).fill(pos + 1));
   }
+  readonly #members: DenseResident[];
+
+  /** A batch's leader holds every sequence's device memory; the others none. */
   get deviceBytes(): number {
-    return this.#arena.bytes;
+    return this.seq === 0 ? this.#arena.bytes : 0;
   }
+  /** This sequence's KV of a layer, [Hkv, capacity, 2, D]. */
   kv(layer: number): DevRef {
-    return this.#arena.ref(`kv${layer}`);
+    return this.#arena.ref(`kv${layer}`, this.seq * kvRegionBytes(this.s.config, this.s.capacity));
   }
   prefillKv(layer: number): { kv: DevRef; capacity: number } {
     return { kv: this.kv(layer), capacity: this.s.capacity };
@@ -183,8 +217,35 @@ export class DenseResident implements ResidentAttention {
     });
   }
 
+  /**
+   * A layer of every sequence (this one the leader): each sequence's row into its own KV, then one attention over
+   * all, each sequence's heads attending its rows up to its own position. Rows are one a sequence, consecutive.
+   */
+  attendBatch(layer: number, a: DeviceArena, steps: readonly StepRows[], peers: readonly ResidentAttention[]): void {
+    const { config: c, capacity, dtype, stream } = this.s;
+    const B = steps.length;
+    const inOrder = peers.every((p, i) => p === this.#members[i]) && steps.every((st, i) => st.rows === 1 && (st.row0 ?? 0) === (steps[0].row0 ?? 0) + i);
+    if (!this.batchedKernels || !inOrder || B > BATCH_MAX_SEQS || B * c.numKvHeads > BATCH_MAX_HEADS) {
+      steps.forEach((st, i) => (peers[i] as DenseResident).attend(layer, a, st));
+      return;
+    }
+    const row0 = steps[0].row0 ?? 0;
+    const { q, k, v } = qkvRefs(c, a, row0);
+    const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, capacity, stream };
+    const kv = this.#arena.ref(`kv${layer}`);
+    native().cudaKvWrite({ ...shape, k, v, srcRowStride: qkvWidth(c), tokens: B, dst: kv, slots: Int32Array.from(steps, (st) => st.pos) });
+    const counts = new Int32Array(B * c.numKvHeads);
+    steps.forEach((st, i) => counts.fill(st.pos + 1, i * c.numKvHeads, (i + 1) * c.numKvHeads));
+    native().cudaAttendDecode({
+      ...shape, seqs: B, qSeqStride: qkvWidth(c), kv, groupSize: c.numHeads / c.numKvHeads, counts,
+      q, scale: scaleOf(c), out: attnRef(c, a, row0), lse: this.#arena.ref('lse'),
+      scratch: this.#arena.ref('attnScratch'), scratchBytes: this.#arena.bytesOf('attnScratch'),
+    });
+  }
+
+  /** The leader frees the batch's memory (after its members: dispose them first or together). */
   dispose(): void {
-    this.#arena.free();
+    if (this.seq === 0) this.#arena.free();
   }
 }
 

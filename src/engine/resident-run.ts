@@ -57,8 +57,19 @@ function candidates(r: ResidentRunRequest): Candidate[] {
   const c = r.model.config;
   const s = (capacity: number, stream: number) => ({ config: c, capacity, dtype: r.shape.dtype, stream });
   switch (r.spec.name) {
-    case 'dense':
-      return [{ knobs: {}, bytes: (cap) => denseKvBytes(c, cap), build: (cap, _h, stream) => new DenseResident(s(cap, stream)) }];
+    case 'dense': {
+      // As infinigen's below: the leader holds the batch's KV, each sequence's sized for the longest.
+      const longest = Math.max(...r.capacities);
+      let leader: DenseResident | null = null;
+      return [{
+        knobs: {}, bytes: () => denseKvBytes(c, longest),
+        build: (_cap, _h, stream, _copy, _w, seq, batch) => {
+          const x = new DenseResident(s(longest, stream), seq === 0 ? batch : { leader: leader! });
+          if (seq === 0) leader = x;
+          return x;
+        },
+      }];
+    }
     case 'cpu':
       return [{ knobs: {}, bytes: () => exactDeviceBytes(c, { sinks: 0, window: 0 }), build: (cap, h, stream) => new ExactResident(s(cap, stream), { sinks: 0, window: 0 }, h!, r.pool) }];
     case 'exact': {
@@ -86,9 +97,16 @@ function candidates(r: ResidentRunRequest): Candidate[] {
       return byTopKThenBits(r.spec, r.given).flatMap((k) => {
         const knobs: InfinigenResidentKnobs = { topK: k.topK, partialRatio: k.partialRatio, window: k.window, sinks: k.sinks };
         if (knobs.window < INFINIGEN_KEY_GROUP || knobs.window % INFINIGEN_KEY_GROUP !== 0 || r.promptTokens < knobs.sinks + knobs.window + 1) return [];
+        // The batch's leader holds every sequence's buffers, each sized for the longest (one launch a kernel covers them all).
+        const longest = Math.max(...r.capacities);
+        let leader: InfinigenResident | null = null;
         return [{
-          knobs: { ...knobs }, bytes: (cap, seq, batch) => infinigenDeviceBytes(c, cap, knobs, seq === 0 ? batch : 0),
-          build: (cap, h, stream, copy, weights, seq, batch) => new InfinigenResident(s(cap, stream), knobs, h!, copy, weights, seq === 0 ? batch : 0),
+          knobs: { ...knobs }, bytes: (_cap, seq, batch) => (seq === 0 ? infinigenDeviceBytes(c, longest, knobs, batch) : 0),
+          build: (_cap, h, stream, copy, weights, seq, batch) => {
+            const x = new InfinigenResident(s(longest, stream), knobs, h!, copy, weights, seq === 0 ? batch : { leader: leader! });
+            if (seq === 0) leader = x;
+            return x;
+          },
         }];
       });
     default:
