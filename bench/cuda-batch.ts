@@ -3,7 +3,11 @@
 // pinned host memory), timed a step ahead, with the GPU's time by phase next to the host's enqueue time: whether a
 // batch's step is bound by the GPU or by the host's launches.
 // Usage (GPU machine): node dist/bench/cuda-batch.js [--shape llama-3.1-8b] [--context 24576] [--batch 8]
-//   [--policies dense,infinigen] [--steps 8] [--topk 64] [--bits 1]
+//   [--policies dense,infinigen] [--steps 8] [--topk 64] [--bits 1] [--per-sequence]
+//   [--copy-high]
+//   (--per-sequence: a launch per sequence for each per-sequence kernel, instead of one launch for the batch;
+//    --copy-high: the copy stream at the compute stream's high priority. infinigen also times its copy-stream kernels
+//    alone on the idle GPU, to tell their own cost from the contention with the compute stream.)
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { HostArena } from '../src/arena.js';
@@ -29,6 +33,8 @@ const { values } = parseArgs({
     steps: { type: 'string', default: '8' },
     topk: { type: 'string', default: '64' },
     bits: { type: 'string', default: '1' },
+    'per-sequence': { type: 'boolean', default: false },
+    'copy-high': { type: 'boolean', default: false },
   },
 });
 const c = parseModelConfig(shapeConfig(values.shape!), values.shape!);
@@ -86,12 +92,41 @@ async function timeSteps(dec: ResidentDecoder, n: number, pos0: number): Promise
   return { ms, enqueue, next: pos0 + n };
 }
 
+/** infinigen's copy-stream kernels of one layer for the whole batch, each timed alone on the idle GPU (20 reps). */
+async function timeAlone(lead: InfinigenResident, on: number): Promise<void> {
+  const reps = 20;
+  const H = B * c.numKvHeads;
+  const n = context - knobs.window - knobs.sinks;
+  const keys = { numKvHeads: H, headDim: c.headDim, bits: (knobs.partialRatio * 16) as 1 | 2 | 4, keyGroupSize: 64 as const, valueGroupSize: c.headDim, capacityTokens: capacity, keysOnly: true };
+  const kernels: Array<[string, () => void]> = [
+    ['cudaKiviScores', () => native().cudaKiviScores({ ...keys, lowBit: lead.ref('keys1'), groupSize: c.numHeads / c.numKvHeads, q: lead.ref('specQ'), numGroups: Math.ceil((context - knobs.window) / 64), out: lead.ref('scores'), ldOut: capacity, stream: on })],
+    ['cudaTopK', () => native().cudaTopK({ scores: lead.ref('scores'), rows: H, ld: capacity, first: knobs.sinks, n, k: knobs.topK, out: lead.ref('picks1'), stream: on })],
+    ['cudaKvGatherDevice', () => native().cudaKvGatherDevice({
+      ...lead.host.region(1), seqs: B, blockTable: lead.ref('blockTable'), tableLen: Math.ceil(capacity), positions: lead.ref('picks1'), n: knobs.topK,
+      dst: lead.ref('hot1'), dstCapacity: knobs.sinks + knobs.window + knobs.topK, dstSlot: knobs.sinks + knobs.window, table: lead.ref('gatherTable'), stream: on,
+    })],
+  ];
+  const parts: string[] = [];
+  for (const [name, run] of kernels) {
+    run();
+    await native().cudaStreamSynchronize({ stream: on });
+    const t0 = native().cudaEventRecord({ stream: on, timing: true });
+    for (let i = 0; i < reps; i++) run();
+    const t1 = native().cudaEventRecord({ stream: on, timing: true });
+    await native().cudaStreamSynchronize({ stream: on });
+    parts.push(`${name} ${((native().cudaEventElapsedMs({ start: t0, end: t1 }) * 1000) / reps).toFixed(1)} us`);
+    native().cudaEventFree({ event: t0 });
+    native().cudaEventFree({ event: t1 });
+  }
+  console.log(`  alone, one layer of the batch (${H} heads x ${context} tokens): ${parts.join(', ')}`);
+}
+
 async function main(): Promise<void> {
   const info = native().buildInfo().cuda;
   if (info.deviceCount === 0) throw new Error(`no GPU: ${info.reason}`);
   console.log(`${values.shape} (${(weightLayout(c).bytes / GiB).toFixed(1)} GiB weights), batch ${B} x ${context} tokens; ${info.deviceName}`);
   stream = native().cudaStreamCreate({ highPriority: true });
-  const copy = native().cudaStreamCreate();
+  const copy = native().cudaStreamCreate({ highPriority: values['copy-high'] });
   const weights = randomDeviceWeights(c, 1, stream);
   await sync();
   for (const policy of values.policies!.split(',')) {
@@ -100,7 +135,10 @@ async function main(): Promise<void> {
     try {
       for (let s = 0; s < B; s++) {
         const shape = { config: c, capacity, dtype: 'bf16' as const, stream };
-        const att = policy === 'dense' ? new DenseResident(shape) : new InfinigenResident(shape, knobs, host!.kv(s), copy, weights, s === 0 ? B : 0);
+        const att = policy === 'dense'
+          ? new DenseResident(shape, s === 0 ? B : { leader: atts[0] as DenseResident })
+          : new InfinigenResident(shape, knobs, host!.kv(s), copy, weights, s === 0 ? B : { leader: atts[0] as InfinigenResident });
+        if (values['per-sequence']) (att as DenseResident | InfinigenResident).batchedKernels = false;
         atts.push(att);
         if (att instanceof DenseResident) for (let l = 0; l < c.numLayers; l++) native().cudaFillRandom({ dst: att.kv(l), count: kvLayerBytes(capacity) / 2, dtype: 'bf16', seed: 7000 + 97 * s + l, scale: 1, stream });
         else await fill(att, host!.kv(s), s);
@@ -109,16 +147,27 @@ async function main(): Promise<void> {
       const warm = await timeSteps(dec, 3, context);
       const r = await timeSteps(dec, steps, warm.next);
       dec.profile = new PhaseProfile(stream);
+      const lead = atts[0] instanceof InfinigenResident ? atts[0] : null;
+      const copyProfile = lead ? new PhaseProfile(copy) : null;
+      if (lead) lead.copyProfile = copyProfile;
       await timeSteps(dec, 2, r.next);
+      await native().cudaStreamSynchronize({ stream: copy });
       const phases = dec.profile.drain();
+      const copyPhases = copyProfile?.drain();
       dec.profile = null;
+      if (lead) lead.copyProfile = null;
       const stepMs = median(r.ms);
       const gpu = [...phases.values()].reduce((a, b) => a + b, 0) / 2;
       const deviceKv = atts.reduce((n, a) => n + a.deviceBytes, 0);
       console.log(`${policy}: device KV ${(deviceKv / GiB).toFixed(2)} GiB; step ${stepMs.toFixed(2)} ms median = ${((B * 1000) / stepMs).toFixed(1)} tok/s; host enqueue ${median(r.enqueue).toFixed(2)} ms/step; GPU ${gpu.toFixed(2)} ms/step by phase (profiled):`);
       for (const [phase, ms] of phases) console.log(`  ${phase.padEnd(26)} ${(ms / 2).toFixed(3)}`);
+      if (copyPhases) {
+        console.log('  copy stream (the speculation of layers 1 ..; "idle" is its wait for the compute stream):');
+        for (const [phase, ms] of copyPhases) console.log(`    ${phase.padEnd(24)} ${(ms / 2).toFixed(3)}`);
+      }
       await sync();
       await native().cudaStreamSynchronize({ stream: copy });
+      if (lead) await timeAlone(lead, copy);
       dec.dispose();
     } finally {
       for (const a of atts) a.dispose();

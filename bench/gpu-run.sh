@@ -7,7 +7,7 @@
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
 # There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [kernels] [prefill] [lowbit] [decode] [decode-quick] [engine]
-#   [engine-131k-POLICY] [tune-131k] [batch-24k]
+#   [engine-131k-POLICY] [tune-131k] [batch-24k] [batch-kernels]
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -31,6 +31,10 @@ for what in "${@:-tests}"; do
       k="node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 24576"
       $k --policies infinigen,specache --batch 8 --vram-budget 1.6GiB > "$OUT/batch-24k-offload.json" 2> "$OUT/batch-24k.err"
       $k --policies dense --batch ${DENSE_BATCHES:-21,22} --vram-budget none > "$OUT/batch-24k-dense.json" 2>> "$OUT/batch-24k.err" ;;
+    batch-kernels) # the batch step's GPU and host time: one launch a kernel for the batch against a launch a sequence
+      k="node dist/bench/cuda-batch.js --context 24576"
+      { $k --policies dense,infinigen --batch 8; $k --policies dense,infinigen --batch 8 --per-sequence
+        $k --policies dense --batch ${DENSE_BATCH:-20}; } > "$OUT/cuda-batch.log" 2>&1 ;;
     prefill) node dist/bench/cuda-prefill.js > "$OUT/cuda-prefill.log" 2>&1 ;;
     lowbit) node dist/bench/cuda-lowbit.js > "$OUT/cuda-lowbit.log" 2>&1 ;;
     engine-131k-*) # one policy at 131000 tokens of context (the 131072 limit, less the steps): a prefill, then 16 steps
