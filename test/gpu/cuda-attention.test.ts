@@ -7,7 +7,7 @@
 // into chunks and merged. That puts outputs within ~1e-5 relative of the fp64 reference; the checks allow 5e-5
 // absolute + 5e-4 relative (1e-5 + 1e-5 for lse). With logits of hundreds, an absolute score error of
 // |s| * 2^-22 moves each weight by that fraction, so those cases allow 2e-3 of the largest |V| instead.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HostArena } from '../../src/arena.js';
 import { blockBytes, attendRef, type PagedShape } from '../../src/kernels/paged-kv.js';
 import { lseMergeRef } from '../../src/kernels/merge.js';
@@ -15,34 +15,9 @@ import { compactRows, cudaAttendScratchBytes, decodeRef, deviceShape, kvStoreHos
 import { toHalf, type HalfDtype } from '../../src/kernels/half.js';
 import { native, type DevRef } from '../../src/native.js';
 import { maxAbs, rng, shuffled, worstRatio } from '../helpers.js';
-import { DevArena, expectSameWords, gpuUsable, randomU16 } from './cuda-helpers.js';
+import { expectSameWords, gpuUsable, randomU16, sweptArenas, uniform } from './cuda-helpers.js';
 
-const devs: DevArena[] = [];
-const hosts: HostArena[] = [];
-afterEach(async () => {
-  if (gpuUsable) await native().cudaStreamSynchronize({});
-  for (const d of devs.splice(0)) d.free();
-  for (const h of hosts.splice(0)) h.dispose();
-});
-
-function dev(bytes: number): DevArena {
-  const d = new DevArena(Math.max(bytes, 16));
-  devs.push(d);
-  return d;
-}
-
-/** A device arena holding `data` at `offset`. */
-function upload(data: Float32Array | Uint16Array, offset = 0): DevArena {
-  const d = dev(offset + data.byteLength);
-  d.write(offset, data);
-  return d;
-}
-
-function uniform(n: number, r: () => number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (2 * r() - 1) * scale;
-  return a;
-}
+const { dev, upload, keep } = sweptArenas();
 
 const NAN16: Record<HalfDtype, number> = { f16: 0x7e00, bf16: 0x7fc0 };
 
@@ -144,7 +119,7 @@ describe.skipIf(!gpuUsable)('cudaKvWrite and cudaKvStoreHost', () => {
       const shape: PagedShape = { numBlocks: logical + 5, numKvHeads: H, headDim: D, blockSize: bs, dtype };
       const offset = 64;
       const host = new HostArena(offset + shape.numBlocks * blockBytes(shape));
-      hosts.push(host);
+      keep(host);
       expect(host.method).toBe('cudaHostRegister');
       const init = randomU16(shape.numBlocks * blockBytes(shape) / 2, r);
       host.write(offset, init);
@@ -166,7 +141,7 @@ describe.skipIf(!gpuUsable)('cudaKvWrite and cudaKvStoreHost', () => {
 
   it('refuses a host arena that is not mapped for the GPU', () => {
     const pageable = new HostArena(4 * 2 * 16 * 2 * 64 * 2, { pin: false });
-    hosts.push(pageable);
+    keep(pageable);
     const src = dev(2 * 64 * 4);
     expect(() => native().cudaKvStoreHost({
       handle: pageable.handle, offset: 0, numBlocks: 4, numKvHeads: 2, headDim: 64, blockSize: 16, dtype: 'bf16',

@@ -4,7 +4,7 @@
 // and over many rows (fewer blocks a row), and cudaKvGatherDevice with seqs. Sequences stand at different positions
 // (counts 1, 63, 65, 1000: not multiples of the 64-row chunk), GQA 1, 4 and 8, and the bounds are refused with the
 // numbers.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HostArena } from '../../src/arena.js';
 import { compactRows, cudaAttendScratchBytes } from '../../src/kernels/device-attention-ref.js';
 import { decodeBatchRef, kvStoreHostBatchRef, kvWriteBatchRef, topKRowsRef } from '../../src/kernels/device-batch-ref.js';
@@ -12,33 +12,9 @@ import { toHalf, type HalfDtype } from '../../src/kernels/half.js';
 import { blockBytes, gatherRef, type PagedShape } from '../../src/kernels/paged-kv.js';
 import { native } from '../../src/native.js';
 import { rng, shuffled, worstRatio } from '../helpers.js';
-import { DevArena, expectSameWords, gpuUsable, randomU16 } from './cuda-helpers.js';
+import { expectSameWords, gpuUsable, randomU16, sweptArenas, uniform } from './cuda-helpers.js';
 
-const devs: DevArena[] = [];
-const hosts: HostArena[] = [];
-afterEach(async () => {
-  if (gpuUsable) await native().cudaStreamSynchronize({});
-  for (const d of devs.splice(0)) d.free();
-  for (const h of hosts.splice(0)) h.dispose();
-});
-
-function dev(bytes: number): DevArena {
-  const d = new DevArena(Math.max(bytes, 16));
-  devs.push(d);
-  return d;
-}
-
-function upload(data: ArrayBufferView & { byteLength: number }, offset = 0): DevArena {
-  const d = dev(offset + data.byteLength);
-  d.write(offset, data);
-  return d;
-}
-
-function uniform(n: number, r: () => number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (2 * r() - 1) * scale;
-  return a;
-}
+const { dev, upload, keep } = sweptArenas();
 
 /** B fused-qkv-like rows: k at column kOff, v at vOff, `stride` floats apart (as the step's activations lie). */
 function fusedRows(B: number, H: number, D: number, r: () => number) {
@@ -71,7 +47,7 @@ describe.skipIf(!gpuUsable)('batched cudaKvWrite and cudaKvStoreHost', () => {
       const shape: PagedShape = { numBlocks: 2 * B + 3, numKvHeads: H, headDim: D, blockSize: bs, dtype: 'bf16' };
       const offset = 128;
       const host = new HostArena(offset + shape.numBlocks * blockBytes(shape));
-      hosts.push(host);
+      keep(host);
       const init = randomU16(shape.numBlocks * blockBytes(shape) / 2, r);
       host.write(offset, init);
       const blocks = shuffled(shape.numBlocks, r).slice(0, B); // a sequence's block each: distinct rows
@@ -96,7 +72,7 @@ describe.skipIf(!gpuUsable)('batched cudaKvWrite and cudaKvStoreHost', () => {
     expect(() => native().cudaKvWrite({ ...write, tokens: 3, slots: Int32Array.of(0, 1) })).toThrow(/slots/);
     const shape: PagedShape = { numBlocks: 4, numKvHeads: 2, headDim: 64, blockSize: 16, dtype: 'bf16' };
     const host = new HostArena(shape.numBlocks * blockBytes(shape));
-    hosts.push(host);
+    keep(host);
     expect(() => native().cudaKvStoreHost({ handle: host.handle, offset: 0, ...shape, k: src.ref(0), v: src.ref(0), tokens: 2, blocks: Int32Array.of(1, 1), offsets: Int32Array.of(3, 3) }))
       .toThrow(/a distinct \(block, offset\) for each token.*block 1 offset 3 twice/);
     expect(() => native().cudaKvStoreHost({ handle: host.handle, offset: 0, ...shape, k: src.ref(0), v: src.ref(0), tokens: 2, blocks: Int32Array.of(1, 4), offsets: Int32Array.of(3, 3) }))
@@ -193,7 +169,7 @@ describe.skipIf(!gpuUsable)('batched cudaKvGatherDevice', () => {
     const B = 3, H = 8, D = 128, n = 40, tableLen = 30, cap = n + 9, slot = 5;
     const shape: PagedShape = { numBlocks: B * tableLen, numKvHeads: H, headDim: D, blockSize: 16, dtype: 'bf16' };
     const host = new HostArena(shape.numBlocks * blockBytes(shape));
-    hosts.push(host);
+    keep(host);
     const image = randomU16(host.bytes / 2, r);
     host.write(0, image);
     const order = shuffled(shape.numBlocks, r);

@@ -1,25 +1,13 @@
 // cudaKvGatherDevice (positions and block table in device memory, as a top-k leaves them) against gatherRef:
 // every KV head, destination slots at an offset, a block table that scatters, and out-of-range ids clamped.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HostArena } from '../../src/arena.js';
 import { blockBytes, gatherRef, type PagedShape } from '../../src/kernels/paged-kv.js';
 import { native } from '../../src/native.js';
 import { rng, shuffled } from '../helpers.js';
-import { DevArena, expectSameWords, gpuUsable, randomU16 } from './cuda-helpers.js';
+import { expectSameWords, gpuUsable, randomU16, sweptArenas } from './cuda-helpers.js';
 
-const devs: DevArena[] = [];
-const hosts: HostArena[] = [];
-afterEach(async () => {
-  if (gpuUsable) await native().cudaStreamSynchronize({});
-  for (const d of devs.splice(0)) d.free();
-  for (const h of hosts.splice(0)) h.dispose();
-});
-
-function dev(bytes: number): DevArena {
-  const d = new DevArena(bytes);
-  devs.push(d);
-  return d;
-}
+const { dev, keep } = sweptArenas();
 
 describe.skipIf(!gpuUsable)('cudaKvGatherDevice', () => {
   for (const D of [32, 64, 128])
@@ -29,7 +17,7 @@ describe.skipIf(!gpuUsable)('cudaKvGatherDevice', () => {
       const numTokens = 333; // not a block multiple
       const shape: PagedShape = { numBlocks: 30, numKvHeads: H, headDim: D, blockSize: 16, dtype: 'bf16' };
       const host = new HostArena(shape.numBlocks * blockBytes(shape));
-      hosts.push(host);
+      keep(host);
       const image = randomU16(host.bytes / 2, r);
       host.write(0, image);
       const blockIds = shuffled(shape.numBlocks, r).slice(0, Math.ceil(numTokens / 16));
@@ -59,7 +47,7 @@ describe.skipIf(!gpuUsable)('cudaKvGatherDevice', () => {
   it('clamps out-of-range positions and block ids into the region instead of reading past it', async () => {
     const shape: PagedShape = { numBlocks: 4, numKvHeads: 1, headDim: 64, blockSize: 16, dtype: 'bf16' };
     const host = new HostArena(shape.numBlocks * blockBytes(shape));
-    hosts.push(host);
+    keep(host);
     const io = dev(4096);
     io.write(0, Int32Array.of(0, 99)); // block 99 does not exist
     io.write(1024, Int32Array.of(-5, 1 << 30, 20));
@@ -72,7 +60,7 @@ describe.skipIf(!gpuUsable)('cudaKvGatherDevice', () => {
 
   it('rejects a destination slot range past its capacity before touching the GPU', () => {
     const host = new HostArena(4 * 16 * 256);
-    hosts.push(host);
+    keep(host);
     const io = dev(4096);
     expect(() => native().cudaKvGatherDevice({
       handle: host.handle, offset: 0, numBlocks: 4, numKvHeads: 1, headDim: 64, blockSize: 16, dtype: 'bf16',

@@ -1,20 +1,14 @@
 // cudaKvGather against gatherRef on a real GPU: head_dim 64/128 (and odd ones), unitTokens 1/2/4, random and
 // adversarial positions, permuted destination slots, misaligned regions, two streams, and a source freed in flight.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HostArena } from '../../src/arena.js';
 import { KvoffArgumentError, KvoffRangeError } from '../../src/errors.js';
 import { blockBytes, gatherRef, type PagedShape } from '../../src/kernels/paged-kv.js';
 import { native, type KvRegion } from '../../src/native.js';
 import { rng, shuffled } from '../helpers.js';
-import { DevArena, expectSameWords, gpuUsable, randomU16 } from './cuda-helpers.js';
+import { expectSameWords, gpuUsable, randomU16, sweptArenas } from './cuda-helpers.js';
 
-const devs: DevArena[] = [];
-const hosts: HostArena[] = [];
-afterEach(async () => {
-  if (gpuUsable) await native().cudaStreamSynchronize({});
-  for (const d of devs.splice(0)) d.free();
-  for (const h of hosts.splice(0)) h.dispose();
-});
+const { dev, keep } = sweptArenas();
 
 interface Setup {
   shape: PagedShape;
@@ -33,7 +27,7 @@ function setup(numTokens: number, headDim: number, r: () => number, opts: { numK
   const shape: PagedShape = { numBlocks: logical + 3, numKvHeads, headDim, blockSize, dtype: 'bf16' };
   const bytes = shape.numBlocks * blockBytes(shape);
   const host = new HostArena(offset + bytes);
-  hosts.push(host);
+  keep(host);
   const image = randomU16(bytes / 2, r);
   host.write(offset, image);
   const blockIds = shuffled(shape.numBlocks, r).slice(0, logical);
@@ -52,12 +46,6 @@ function unitPositions(nh: number, n: number, u: number, numTokens: number, bloc
     }
   }
   return out;
-}
-
-function dev(bytes: number): DevArena {
-  const d = new DevArena(bytes);
-  devs.push(d);
-  return d;
 }
 
 describe.skipIf(!gpuUsable)('cudaKvGather', () => {
@@ -164,8 +152,7 @@ describe.skipIf(!gpuUsable)('cudaKvGather', () => {
       native().cudaKvGather({ ...a.region, blockIds: a.blockIds, kvHeads, n, positions: pa, dst: d.ref(0), stream: s1 });
       native().cudaKvGather({ ...b.region, blockIds: b.blockIds, kvHeads, n, positions: pb, unitTokens: 2, dst: d.ref(wantA.byteLength), stream: s2 });
     }
-    hosts.splice(hosts.indexOf(b.host), 1);
-    b.host.dispose();
+    b.host.dispose(); // in flight: the sweep's second dispose is a no-op
     await Promise.all([native().cudaStreamSynchronize({ stream: s1 }), native().cudaStreamSynchronize({ stream: s2 })]);
     expectSameWords(d.readU16(0, wantA.length), wantA);
     expectSameWords(d.readU16(wantA.byteLength, wantB.length), wantB);
@@ -177,7 +164,7 @@ describe.skipIf(!gpuUsable)('cudaKvGather', () => {
     const r = rng(13);
     const { region, blockIds } = setup(32, 64, r);
     const pageable = new HostArena(region.numBlocks * blockBytes(region), { pin: false });
-    hosts.push(pageable);
+    keep(pageable);
     const d = dev(4096);
     const base = { ...region, blockIds, kvHeads: Int32Array.of(0), n: 2, positions: Int32Array.of(0, 1), dst: d.ref(0) };
     const e = (() => { try { native().cudaKvGather({ ...base, handle: pageable.handle }); } catch (err) { return err; } })();

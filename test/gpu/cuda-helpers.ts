@@ -1,5 +1,7 @@
 // Shared by the GPU tests: whether a GPU is usable, device arenas that free themselves, typed reads and writes, and
 // the draws sample() accepts.
+import { afterEach } from 'vitest';
+import type { HostArena } from '../../src/arena.js';
 import { sample, type SamplingOptions } from '../../src/engine/sampling.js';
 import { native, type DevRef } from '../../src/native.js';
 
@@ -34,6 +36,42 @@ export class DevArena {
     this.#live = false;
     native().cudaArenaFree({ handle: this.handle });
   }
+}
+
+/**
+ * The device and host arenas a test file makes, freed after each test once the default stream is done with them:
+ * dev(bytes), upload(data, offset) (a device arena holding data at offset) and keep(hostArena).
+ */
+export function sweptArenas(): { dev: (bytes: number) => DevArena; upload: (data: ArrayBufferView, offset?: number) => DevArena; keep: <T extends HostArena>(h: T) => T } {
+  const devs: DevArena[] = [];
+  const hosts: HostArena[] = [];
+  afterEach(async () => {
+    if (gpuUsable) await native().cudaStreamSynchronize({});
+    for (const d of devs.splice(0)) d.free();
+    for (const h of hosts.splice(0)) h.dispose();
+  });
+  const dev = (bytes: number): DevArena => {
+    const d = new DevArena(Math.max(bytes, 16));
+    devs.push(d);
+    return d;
+  };
+  const upload = (data: ArrayBufferView, offset = 0): DevArena => {
+    const d = dev(offset + data.byteLength);
+    d.write(offset, data);
+    return d;
+  };
+  const keep = <T extends HostArena>(h: T): T => {
+    hosts.push(h);
+    return h;
+  };
+  return { dev, upload, keep };
+}
+
+/** n values uniform in [-scale, scale) from a seeded generator. */
+export function uniform(n: number, r: () => number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (2 * r() - 1) * scale;
+  return a;
 }
 
 /** Random bytes from a seeded generator, as 16-bit words (any bit pattern: the gather is dtype-blind). */
