@@ -17,7 +17,7 @@ import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { qkvWidth } from './layer-kernels.js';
 import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
 import {
-  attnRef, drainPairs, freePairs, kvRegionBytes, qkvRefs, scaleOf, waitFor, waitTimed,
+  BATCH_MAX_HEADS, BATCH_MAX_SEQS, attnRef, drainPairs, freePairs, kvRegionBytes, qkvRefs, scaleOf, waitFor, waitTimed,
   type HostKv, type ResidentAttention, type ResidentShape, type StepRows,
 } from './resident-attention.js';
 
@@ -28,10 +28,6 @@ export interface InfinigenResidentKnobs {
   window: number; // a multiple of INFINIGEN_KEY_GROUP: a completed key group is contiguous in the window ring
   sinks: number;
 }
-
-/** Bounds of the batched launches (native kBatchMaxSeqs, kAttendMaxHeads and kTopKMaxRowCounts). */
-const BATCH_MAX_SEQS = 64;
-const BATCH_MAX_HEADS = 256;
 
 /** Tokens per key group of the low-bit copy. */
 export const INFINIGEN_KEY_GROUP = 64; // the larger KIVI group: half the per-channel zero/scale bytes of 32
@@ -115,8 +111,8 @@ class Shared {
 }
 
 /**
- * One sequence's infinigen. The first sequence of a batch (the leader, made with `seqs`) allocates the device buffers
- * of all; the others join it (join). Each layer of a batch runs as one launch per kernel over every sequence
+ * One sequence's infinigen. The first sequence of a batch (the leader, made with the batch size) allocates the device
+ * buffers of all; the others are made with { leader } and use their part of them. Each layer of a batch runs as one launch per kernel over every sequence
  * (attendBatch): the speculation's norm, projection and RoPE over every row, then the scores, top-k and gather of all
  * sequences' heads at once, between one pair of timing events, and one event the next layer waits for.
  */
@@ -378,7 +374,11 @@ export class InfinigenResident implements ResidentAttention {
     const { k, v } = qkvRefs(c, a, steps[0].row0 ?? 0);
     const srcRowStride = qkvWidth(c); // the sequences' rows are consecutive rows of the fused qkv
     const region = this.host.region(layer);
-    const blocks = Int32Array.from(steps, (st, i) => seqs[i].host.blockIds[Math.floor(st.pos / region.blockSize)]);
+    const blocks = Int32Array.from(steps, (st, i) => {
+      const b = seqs[i].host.blockIds[Math.floor(st.pos / region.blockSize)];
+      if (b === undefined) throw new KvoffArgumentError('infinigen position', `a position inside sequence ${i}'s ${seqs[i].host.blockIds.length} blocks of ${region.blockSize}`, st.pos);
+      return b;
+    });
     const offsets = Int32Array.from(steps, (st) => st.pos % region.blockSize);
     const src = { k, v, srcRowStride, tokens: steps.length, stream };
     native().cudaKvStoreHost({ ...region, ...src, blocks, offsets });

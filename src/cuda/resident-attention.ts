@@ -151,7 +151,10 @@ function denseLayout(c: ModelConfig, capacity: number, seqs: number): DeviceLayo
 /** Bytes of dense's KV on the device for a run of `capacity` tokens (its partials and scratch aside, as the host-side plan counts it). */
 export const denseKvBytes = (c: ModelConfig, capacity: number): number => c.numLayers * kvRegionBytes(c, capacity);
 
-/** Bounds of one batched launch (native kBatchMaxSeqs and kAttendMaxHeads): larger batches take a launch a sequence. */
+/**
+ * Bounds of one batched launch (native kBatchMaxSeqs, and kAttendMaxHeads = kTopKMaxRowCounts): larger batches take
+ * a launch a sequence.
+ */
 export const BATCH_MAX_SEQS = 64;
 export const BATCH_MAX_HEADS = 256;
 
