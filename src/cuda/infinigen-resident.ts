@@ -17,7 +17,7 @@ import { DeviceArena, DeviceLayout } from './device-arena.js';
 import { qkvWidth } from './layer-kernels.js';
 import { fillSinksAndWindow, type StagedLayer } from './resident-context.js';
 import {
-  BATCH_MAX_HEADS, BATCH_MAX_SEQS, attnRef, drainPairs, freePairs, kvRegionBytes, qkvRefs, scaleOf, waitFor, waitTimed,
+  PerStep, attnRef, drainPairs, freePairs, kvRegionBytes, oneLaunchFits, qkvRefs, rowsConsecutive, scaleOf, waitFor, waitTimed,
   type HostKv, type ResidentAttention, type ResidentShape, type StepRows,
 } from './resident-attention.js';
 
@@ -92,6 +92,18 @@ export function infinigenDeviceBytes(c: ModelConfig, capacity: number, k: Infini
   return infinigenLayout(c, capacity, k, seqs).bytes;
 }
 
+/** A batch step's launch arguments, the same at every layer: made once a step (PerStep, keyed by its rows). */
+interface BatchArgs {
+  fullTopK: boolean; // every sequence ranks a full top-k: one scores / top-k / gather launch for all
+  maxRanked: number; // the most tokens a sequence ranks (the top-k's n)
+  topKCounts: Int32Array | undefined; // [B * Hkv] tokens each row ranks, when the sequences differ
+  groups: number; // key groups to score: the most any sequence has
+  blocks: Int32Array; // [B] the host block each sequence's token lands in
+  offsets: Int32Array; // [B] its row in that block
+  slots: Int32Array; // [B] its slot in the window ring
+  hotCounts: Int32Array; // [B * Hkv] hot rows each head attends
+}
+
 /** What every sequence of a batch shares: the leader's device buffers, events and speculation. */
 class Shared {
   readonly arena: DeviceArena;
@@ -128,6 +140,7 @@ export class InfinigenResident implements ResidentAttention {
   readonly #w: Array<{ inNorm: DevRef; qkv: DevRef; qkvBias: DevRef | null }>; // each layer's query-side weights
   readonly #counts: Int32Array;
   readonly #keyShape: ReturnType<typeof keysShape>; // one sequence's low-bit keys' shape fields, which every key kernel takes
+  readonly #batch = new PerStep<BatchArgs, readonly StepRows[]>((steps) => this.#batchArgs(steps));
 
   constructor(
     readonly s: ResidentShape,
@@ -234,25 +247,24 @@ export class InfinigenResident implements ResidentAttention {
   #pickAndFetchAll(seqs: InfinigenResident[], layer: number, q: DevRef, steps: readonly StepRows[], on: number): [number, number] {
     const c = this.s.config;
     const { sinks, window, topK } = this.k;
-    const ns = steps.map((st) => st.pos + 1);
-    const qAt = (i: number) => ({ devHandle: q.devHandle, devOffset: q.devOffset + i * c.numHeads * c.headDim * 4 });
-    if (!this.#whole(seqs) || ns.some((n) => this.#ranked(n) < topK)) {
-      const ranked = seqs.map((x, i) => x.#pick(layer, qAt(i), ns[i], on));
+    const batch = this.#whole(seqs, steps) ? this.#batch.at(steps) : null;
+    if (!batch?.fullTopK) {
+      const qAt = (i: number) => ({ devHandle: q.devHandle, devOffset: q.devOffset + i * c.numHeads * c.headDim * 4 });
+      const ranked = seqs.map((x, i) => x.#pick(layer, qAt(i), steps[i].pos + 1, on));
       const t0 = native().cudaEventRecord({ stream: on, timing: true });
       seqs.forEach((x, i) => x.#fetch(layer, ranked[i], on));
       return [t0, native().cudaEventRecord({ stream: on, timing: true })];
     }
     const B = seqs.length;
-    const rows = B * c.numKvHeads;
-    const ranked = ns.map((n) => n - window - sinks); // tokens each sequence ranks
-    const maxRanked = Math.max(...ranked);
     native().cudaKiviScores({
       ...keysShape(c, this.s.capacity, this.k, B), lowBit: this.ref(`keys${layer}`), stream: on, groupSize: c.numHeads / c.numKvHeads, q,
-      numGroups: Math.max(...ns.map((n) => this.#groups(n))), out: this.ref('scores'), ldOut: this.s.capacity,
+      numGroups: batch.groups, out: this.ref('scores'), ldOut: this.s.capacity,
     });
-    const counts = ranked.every((r) => r === maxRanked) ? undefined : Int32Array.from({ length: rows }, (_, r) => ranked[Math.floor(r / c.numKvHeads)]);
     if (on === this.copyStream) this.copyProfile?.mark('scores');
-    native().cudaTopK({ scores: this.ref('scores'), rows, ld: this.s.capacity, first: sinks, n: maxRanked, counts, k: topK, out: this.ref(`picks${layer}`), stream: on });
+    native().cudaTopK({
+      scores: this.ref('scores'), rows: B * c.numKvHeads, ld: this.s.capacity, first: sinks, n: batch.maxRanked, counts: batch.topKCounts, k: topK,
+      out: this.ref(`picks${layer}`), stream: on,
+    });
     if (on === this.copyStream) this.copyProfile?.mark('top-k');
     const t0 = native().cudaEventRecord({ stream: on, timing: true });
     native().cudaKvGatherDevice({
@@ -315,9 +327,9 @@ export class InfinigenResident implements ResidentAttention {
     const seqs = peers as InfinigenResident[];
     if (seqs[0] !== this || seqs.some((x) => x.#shared !== this.#shared)) throw new Error(`infinigen: a batch of ${seqs.length} not led by its own leader`);
     // The speculation reads every sequence's row at once: one row each, one after another.
-    if (steps.some((st, i) => st.rows !== 1 || (st.row0 ?? 0) !== (steps[0].row0 ?? 0) + i)) throw new Error('infinigen: a batch\'s rows must be one a sequence, consecutive');
+    if (!rowsConsecutive(steps)) throw new Error('infinigen: a batch\'s rows must be one a sequence, consecutive');
     steps.forEach((step, i) => seqs[i].#ranked(step.pos + 1)); // a context too short is refused before anything is enqueued
-    const whole = this.#whole(seqs);
+    const whole = this.#whole(seqs, steps);
     if (whole) this.#storeAll(seqs, layer, a, steps);
     else steps.forEach((step, i) => seqs[i].#store(layer, a, step));
     steps[0].mark?.('store');
@@ -336,8 +348,34 @@ export class InfinigenResident implements ResidentAttention {
    * Whether one launch a kernel can run these sequences: the batch in order (its buffers then read as one), within
    * the batched kernels' bounds (64 tokens a write, 256 heads an attention or top-k call); else a launch a sequence.
    */
-  #whole(seqs: readonly InfinigenResident[]): boolean {
-    return this.batchedKernels && seqs.length <= BATCH_MAX_SEQS && seqs.length * this.s.config.numKvHeads <= BATCH_MAX_HEADS && seqs.every((x, i) => x.seq === i);
+  #whole(seqs: readonly InfinigenResident[], steps: readonly StepRows[]): boolean {
+    return this.batchedKernels && seqs.length === steps.length && oneLaunchFits(seqs.length, this.s.config.numKvHeads) && seqs.every((x, i) => x.seq === i);
+  }
+
+  /** The batch step's launch arguments (BatchArgs), for sequences 0 .. B - 1 in order (#whole). */
+  #batchArgs(steps: readonly StepRows[]): BatchArgs {
+    const H = this.s.config.numKvHeads;
+    const { sinks, window, topK } = this.k;
+    const seqs = this.#shared.members;
+    const blockSize = this.host.region(0).blockSize;
+    const ns = steps.map((st) => st.pos + 1);
+    const ranked = ns.map((n) => n - window - sinks); // tokens each sequence ranks
+    const maxRanked = Math.max(...ranked);
+    const perHead = (f: (i: number) => number) => Int32Array.from({ length: steps.length * H }, (_, r) => f(Math.floor(r / H)));
+    return {
+      fullTopK: ranked.every((r) => r >= topK),
+      maxRanked,
+      topKCounts: ranked.every((r) => r === maxRanked) ? undefined : perHead((i) => ranked[i]),
+      groups: Math.max(...ns.map((n) => this.#groups(n))),
+      blocks: Int32Array.from(steps, (st, i) => {
+        const b = seqs[i].host.blockIds[Math.floor(st.pos / blockSize)];
+        if (b === undefined) throw new KvoffArgumentError('infinigen position', `a position inside sequence ${i}'s ${seqs[i].host.blockIds.length} blocks of ${blockSize}`, st.pos);
+        return b;
+      }),
+      offsets: Int32Array.from(steps, (st) => st.pos % blockSize),
+      slots: Int32Array.from(steps, (st) => sinks + (st.pos % window)),
+      hotCounts: perHead((i) => sinks + window + this.#ranked(ns[i])),
+    };
   }
 
   /** Layer 0's queries, [B, nH, D] one after another (the fused qkv rows hold k and v between them): copied into specQ. */
@@ -370,19 +408,12 @@ export class InfinigenResident implements ResidentAttention {
   /** #store for the whole batch: one host store and one window write for every sequence's token. */
   #storeAll(seqs: InfinigenResident[], layer: number, a: DeviceArena, steps: readonly StepRows[]): void {
     const { config: c, dtype, stream } = this.s;
-    const { sinks, window } = this.k;
+    const { blocks, offsets, slots } = this.#batch.at(steps);
     const { k, v } = qkvRefs(c, a, steps[0].row0 ?? 0);
     const srcRowStride = qkvWidth(c); // the sequences' rows are consecutive rows of the fused qkv
-    const region = this.host.region(layer);
-    const blocks = Int32Array.from(steps, (st, i) => {
-      const b = seqs[i].host.blockIds[Math.floor(st.pos / region.blockSize)];
-      if (b === undefined) throw new KvoffArgumentError('infinigen position', `a position inside sequence ${i}'s ${seqs[i].host.blockIds.length} blocks of ${region.blockSize}`, st.pos);
-      return b;
-    });
-    const offsets = Int32Array.from(steps, (st) => st.pos % region.blockSize);
     const src = { k, v, srcRowStride, tokens: steps.length, stream };
-    native().cudaKvStoreHost({ ...region, ...src, blocks, offsets });
-    native().cudaKvWrite({ ...src, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, dst: this.ref(`hot${layer}`), capacity: this.#hotCap, slots: Int32Array.from(steps, (st) => sinks + (st.pos % window)) });
+    native().cudaKvStoreHost({ ...this.host.region(layer), ...src, blocks, offsets });
+    native().cudaKvWrite({ ...src, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, dst: this.ref(`hot${layer}`), capacity: this.#hotCap, slots });
     steps.forEach((st, i) => seqs[i].#quantizeGroup(layer, st.pos));
   }
 
@@ -403,23 +434,13 @@ export class InfinigenResident implements ResidentAttention {
   /** #attendHot for the whole batch: one launch over every sequence's hot set, each head attending its sequence's. */
   #attendHotAll(seqs: InfinigenResident[], layer: number, a: DeviceArena, steps: readonly StepRows[], q0: DevRef): void {
     const { config: c, dtype, stream } = this.s;
-    const counts = this.#batchCounts(steps);
+    const counts = this.#batch.at(steps).hotCounts;
     native().cudaAttendDecode({
       numKvHeads: c.numKvHeads, seqs: seqs.length, qSeqStride: qkvWidth(c), headDim: c.headDim, dtype, stream, kv: this.ref(`hot${layer}`), capacity: this.#hotCap,
       groupSize: c.numHeads / c.numKvHeads, counts, q: q0, scale: scaleOf(c), out: attnRef(c, a, steps[0].row0 ?? 0), lse: this.ref('lse'),
       scratch: this.ref('attnScratch'), scratchBytes: this.#shared.arena.bytesOf('attnScratch'),
     });
   }
-
-  /** [B * Hkv] hot rows each head attends: sinks, window and its sequence's top-k (all of a short context's). */
-  #batchCounts(steps: readonly StepRows[]): Int32Array {
-    const H = this.s.config.numKvHeads;
-    const { sinks, window } = this.k;
-    if (this.#allCounts?.length !== steps.length * H) this.#allCounts = new Int32Array(steps.length * H);
-    steps.forEach((st, i) => this.#allCounts!.fill(sinks + window + this.#ranked(st.pos + 1), i * H, (i + 1) * H));
-    return this.#allCounts;
-  }
-  #allCounts: Int32Array | null = null;
 
   drainCopyMs(): { copyMs: number; stallMs: number } {
     if (this.seq !== 0) return { copyMs: 0, stallMs: 0 }; // the leader's events are the batch's

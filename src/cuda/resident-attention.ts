@@ -91,15 +91,18 @@ export function partialsLayout(c: ModelConfig, maxRows: number, layout = new Dev
     .add('attnScratch', cudaAttendScratchBytes({ numKvHeads: c.numKvHeads, groupSize: G, headDim: c.headDim, maxRows }));
 }
 
-/** What every layer of one step shares (e.g. per-head counts), made once a step rather than once a layer. */
-class PerStep<T> {
-  #pos = -1;
+/**
+ * What every layer of one step shares (e.g. per-head counts), made once a step rather than once a layer: keyed by the
+ * step's position, or by its rows (the decoder hands every layer of a step the same StepRows array).
+ */
+export class PerStep<T, K = number> {
+  #key: K | undefined = undefined;
   #value: T | null = null;
-  constructor(readonly make: (pos: number) => T) {}
-  at(pos: number): T {
-    if (pos !== this.#pos || this.#value === null) {
-      this.#value = this.make(pos);
-      this.#pos = pos;
+  constructor(readonly make: (key: K) => T) {}
+  at(key: K): T {
+    if (key !== this.#key || this.#value === null) {
+      this.#value = this.make(key);
+      this.#key = key;
     }
     return this.#value;
   }
@@ -152,11 +155,13 @@ function denseLayout(c: ModelConfig, capacity: number, seqs: number): DeviceLayo
 export const denseKvBytes = (c: ModelConfig, capacity: number): number => c.numLayers * kvRegionBytes(c, capacity);
 
 /**
- * Bounds of one batched launch (native kBatchMaxSeqs, and kAttendMaxHeads = kTopKMaxRowCounts): larger batches take
- * a launch a sequence.
+ * Whether one batched launch covers `seqs` sequences of numKvHeads heads (native kBatchMaxSeqs, and kAttendMaxHeads =
+ * kTopKMaxRowCounts); larger batches take a launch a sequence.
  */
-export const BATCH_MAX_SEQS = 64;
-export const BATCH_MAX_HEADS = 256;
+export const oneLaunchFits = (seqs: number, numKvHeads: number): boolean => seqs <= 64 && seqs * numKvHeads <= 256;
+
+/** Whether a batch's rows are one a sequence, consecutive: the layout the batched launches read. */
+export const rowsConsecutive = (steps: readonly StepRows[]): boolean => steps.every((st, i) => st.rows === 1 && (st.row0 ?? 0) === (steps[0].row0 ?? 0) + i);
 
 /**
  * dense: every layer's KV in device memory. The first sequence of a batch (the leader, made with `seqs`) allocates
@@ -173,6 +178,8 @@ export class DenseResident implements ResidentAttention {
   readonly #arena: DeviceArena;
   readonly #seqs: number;
   readonly #counts: PerStep<Int32Array>; // [Hkv] rows attended: every token up to the step's own
+  // A batch's per-step arguments: each sequence's slot (its position) and its heads' counts [B * Hkv].
+  readonly #batch: PerStep<{ slots: Int32Array; counts: Int32Array }, readonly StepRows[]>;
   constructor(readonly s: ResidentShape, seqs: number | { leader: DenseResident } = 1) {
     if (typeof seqs === 'number') {
       if (!Number.isSafeInteger(seqs) || seqs < 1) throw new KvoffArgumentError('dense batch', 'an integer >= 1', seqs);
@@ -191,6 +198,11 @@ export class DenseResident implements ResidentAttention {
       this.#members.push(this);
     }
     this.#counts = new PerStep((pos) => new Int32Array(s.config.numKvHeads).fill(pos + 1));
+    const H = s.config.numKvHeads;
+    this.#batch = new PerStep((steps) => ({
+      slots: Int32Array.from(steps, (st) => st.pos),
+      counts: Int32Array.from({ length: steps.length * H }, (_, i) => steps[Math.floor(i / H)].pos + 1),
+    }));
   }
   readonly #members: DenseResident[];
 
@@ -227,8 +239,8 @@ export class DenseResident implements ResidentAttention {
   attendBatch(layer: number, a: DeviceArena, steps: readonly StepRows[], peers: readonly ResidentAttention[]): void {
     const { config: c, capacity, dtype, stream } = this.s;
     const B = steps.length;
-    const inOrder = peers.every((p, i) => p === this.#members[i]) && steps.every((st, i) => st.rows === 1 && (st.row0 ?? 0) === (steps[0].row0 ?? 0) + i);
-    if (!this.batchedKernels || !inOrder || B > BATCH_MAX_SEQS || B * c.numKvHeads > BATCH_MAX_HEADS) {
+    const inOrder = peers.every((p, i) => p === this.#members[i]) && rowsConsecutive(steps);
+    if (!this.batchedKernels || !inOrder || !oneLaunchFits(B, c.numKvHeads)) {
       steps.forEach((st, i) => (peers[i] as DenseResident).attend(layer, a, st));
       return;
     }
@@ -236,9 +248,8 @@ export class DenseResident implements ResidentAttention {
     const { q, k, v } = qkvRefs(c, a, row0);
     const shape = { numKvHeads: c.numKvHeads, headDim: c.headDim, dtype, capacity, stream };
     const kv = this.#arena.ref(`kv${layer}`);
-    native().cudaKvWrite({ ...shape, k, v, srcRowStride: qkvWidth(c), tokens: B, dst: kv, slots: Int32Array.from(steps, (st) => st.pos) });
-    const counts = new Int32Array(B * c.numKvHeads);
-    steps.forEach((st, i) => counts.fill(st.pos + 1, i * c.numKvHeads, (i + 1) * c.numKvHeads));
+    const { slots, counts } = this.#batch.at(steps);
+    native().cudaKvWrite({ ...shape, k, v, srcRowStride: qkvWidth(c), tokens: B, dst: kv, slots });
     native().cudaAttendDecode({
       ...shape, seqs: B, qSeqStride: qkvWidth(c), kv, groupSize: c.numHeads / c.numKvHeads, counts,
       q, scale: scaleOf(c), out: attnRef(c, a, row0), lse: this.#arena.ref('lse'),

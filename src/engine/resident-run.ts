@@ -53,21 +53,30 @@ export function residentExactHot(spec: PolicySpec, given: Knobs): { sinks: numbe
   return { sinks: k.sinks, window: k.window };
 }
 
+/**
+ * For the policies whose batch shares its first sequence's buffers: sequence 0 is made with the batch size (the
+ * leader), every later one with { leader }. Sequences are built in order.
+ */
+function joining<T>(): (seq: number, batch: number, make: (seqs: number | { leader: T }) => T) => T {
+  let leader: T | null = null;
+  return (seq, batch, make) => {
+    const x = make(seq === 0 ? batch : { leader: leader! });
+    if (seq === 0) leader = x;
+    return x;
+  };
+}
+
 function candidates(r: ResidentRunRequest): Candidate[] {
   const c = r.model.config;
   const s = (capacity: number, stream: number) => ({ config: c, capacity, dtype: r.shape.dtype, stream });
   switch (r.spec.name) {
     case 'dense': {
-      // As infinigen's below: the leader holds the batch's KV, each sequence's sized for the longest.
+      // The leader holds the batch's KV, each sequence's sized for the longest (one launch a kernel covers them all).
       const longest = Math.max(...r.capacities);
-      let leader: DenseResident | null = null;
+      const join = joining<DenseResident>();
       return [{
         knobs: {}, bytes: () => denseKvBytes(c, longest),
-        build: (_cap, _h, stream, _copy, _w, seq, batch) => {
-          const x = new DenseResident(s(longest, stream), seq === 0 ? batch : { leader: leader! });
-          if (seq === 0) leader = x;
-          return x;
-        },
+        build: (_cap, _h, stream, _copy, _w, seq, batch) => join(seq, batch, (seqs) => new DenseResident(s(longest, stream), seqs)),
       }];
     }
     case 'cpu':
@@ -97,16 +106,12 @@ function candidates(r: ResidentRunRequest): Candidate[] {
       return byTopKThenBits(r.spec, r.given).flatMap((k) => {
         const knobs: InfinigenResidentKnobs = { topK: k.topK, partialRatio: k.partialRatio, window: k.window, sinks: k.sinks };
         if (knobs.window < INFINIGEN_KEY_GROUP || knobs.window % INFINIGEN_KEY_GROUP !== 0 || r.promptTokens < knobs.sinks + knobs.window + 1) return [];
-        // The batch's leader holds every sequence's buffers, each sized for the longest (one launch a kernel covers them all).
+        // As dense's: the batch's leader holds every sequence's buffers, each sized for the longest.
         const longest = Math.max(...r.capacities);
-        let leader: InfinigenResident | null = null;
+        const join = joining<InfinigenResident>();
         return [{
           knobs: { ...knobs }, bytes: (_cap, seq, batch) => (seq === 0 ? infinigenDeviceBytes(c, longest, knobs, batch) : 0),
-          build: (_cap, h, stream, copy, weights, seq, batch) => {
-            const x = new InfinigenResident(s(longest, stream), knobs, h!, copy, weights, seq === 0 ? batch : { leader: leader! });
-            if (seq === 0) leader = x;
-            return x;
-          },
+          build: (_cap, h, stream, copy, weights, seq, batch) => join(seq, batch, (seqs) => new InfinigenResident(s(longest, stream), knobs, h!, copy, weights, seqs)),
         }];
       });
     default:
