@@ -57,7 +57,8 @@
           "sources": ["native/src/cuda/cuda_probe.cu", "native/src/cuda/cuda_measure.cu", "native/src/cuda/cuda_device.cu",
                       "native/src/cuda/cuda_calls.cu", "native/src/cuda/cuda_gather.cu", "native/src/cuda/cuda_gemv.cu",
                       "native/src/cuda/cuda_model.cu", "native/src/cuda/cuda_model_gemm.cu", "native/src/cuda/cuda_sample.cu",
-                      "native/src/cuda/cuda_attention.cu", "native/src/cuda/cuda_prefill_tc.cu", "native/src/cuda/cuda_lowbit.cu"],
+                      "native/src/cuda/cuda_attention.cu", "native/src/cuda/cuda_prefill_tc.cu", "native/src/cuda/cuda_lowbit.cu",
+                      "native/src/cuda/cuda_lowbit_attend.cu"],
           "include_dirs": ["<(cuda_home)/include"],
           "libraries": ["-L<(cuda_home)/lib64", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
           "rules": [{

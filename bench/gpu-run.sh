@@ -6,7 +6,7 @@
 #     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [kernels] [prefill] [lowbit] [decode] [decode-quick] [engine]
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [sanitizer-FILE] [kernels] [prefill] [lowbit] [decode] [decode-specache] [decode-quick] [engine]
 #   [engine-131k-POLICY] [tune-131k] [batch-24k] [batch-kernels]
 set -u
 OUT=${OUT:-gpu-out}
@@ -20,8 +20,13 @@ for what in "${@:-tests}"; do
     sanitizer) # every GPU test under memcheck; kernels run 10-100x slower there
       /usr/local/cuda/bin/compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
         node node_modules/vitest/vitest.mjs run test/gpu --testTimeout 600000 2>&1 | tail -80 > "$OUT/sanitizer.log" ;;
+    sanitizer-*) # one GPU test file under memcheck; SANITIZE_FILTER="name pattern" keeps only matching tests
+      /usr/local/cuda/bin/compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
+        node node_modules/vitest/vitest.mjs run "test/gpu/${what#sanitizer-}.test.ts" --testTimeout 600000 \
+        ${SANITIZE_FILTER:+-t "$SANITIZE_FILTER"} 2>&1 | tail -60 > "$OUT/sanitizer-${what#sanitizer-}.log" ;;
     kernels) node dist/bench/cuda-kernels.js 2>&1 | tail -60 > "$OUT/cuda-kernels.log" ;;
     decode) node dist/bench/cuda-decode.js --profile --json "$OUT/cuda-decode.json" 2>&1 | tail -60 > "$OUT/cuda-decode.log" ;;
+    decode-specache) node dist/bench/cuda-decode.js --policies dense,specache --profile 2>&1 | tail -60 > "$OUT/cuda-decode-specache.log" ;;
     decode-quick) node dist/bench/cuda-decode.js --profile --context 16384 --steps 4 --warmup 1 --exact-steps 1 2>&1 | tail -60 > "$OUT/cuda-decode-quick.log" ;;
     engine) # through createEngine/generate (prefill included): about 4 minutes; the 131k specache run takes 6 more
       k="node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 32768"
@@ -36,7 +41,9 @@ for what in "${@:-tests}"; do
       { $k --policies dense,infinigen --batch 8; $k --policies dense,infinigen --batch 8 --per-sequence
         $k --policies dense --batch ${DENSE_BATCH:-20}; } > "$OUT/cuda-batch.log" 2>&1 ;;
     prefill) node dist/bench/cuda-prefill.js > "$OUT/cuda-prefill.log" 2>&1 ;;
-    lowbit) node dist/bench/cuda-lowbit.js > "$OUT/cuda-lowbit.log" 2>&1 ;;
+    lowbit) # the tail attention staged (the default) and straight from the section, in one run
+      { echo "== KVOFF_ATTEND_STAGED=0 (one chunk a block, unstaged)"; KVOFF_ATTEND_STAGED=0 node dist/bench/cuda-lowbit.js
+        echo "== default (staged, blocks walk chunks)"; node dist/bench/cuda-lowbit.js; } > "$OUT/cuda-lowbit.log" 2>&1 ;;
     engine-131k-*) # one policy at 131000 tokens of context (the 131072 limit, less the steps): a prefill, then 16 steps
       p=${what#engine-131k-}; b=10%; [ "$p" = dense ] && b=none
       node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 131000 \

@@ -465,6 +465,37 @@ describe.skipIf(!gpuUsable)('cudaKiviAttend', () => {
     await checkAttend(cp, { G: 4, first: 100, end: 8000, exclude: 'none', stream }, 43);
   }, 60_000);
 
+  // Blocks that walk several chunks each (the staged form runs about two blocks an SM, here 32 heads x 12 chunks over
+  // ~9 blocks a head), so the next chunk's copy overlaps this chunk's sums; one value group a token and several.
+  it('walks several chunks a block: 32 KV heads, 12 chunks, 1- and 2-bit, one and several value groups', async () => {
+    for (const [bits, VG] of [[1, 64], [2, 16]] as const) {
+      const cp = attendCopy(bits, 64, 64, VG, 32, 96, 60 + bits + VG);
+      await checkAttend(cp, { G: 4, rows: 2, first: 4, end: 96 * 64 - 64, exclude: 'some' }, 62 + bits + VG);
+      await checkAttend(cp, { G: 1, first: 700, end: 96 * 64 - 9, exclude: 'none' }, 63 + bits + VG);
+    }
+  }, 120_000);
+
+  // The unstaged form (one chunk a block, read straight from the section) and the staged form wherever shared memory
+  // holds it (built for rows x G <= 8), forced through KVOFF_ATTEND_STAGED, over shapes where the default picks the other.
+  for (const form of ['0', '1'])
+    it(`matches kiviAttendRef with KVOFF_ATTEND_STAGED=${form}`, async () => {
+      const before = process.env.KVOFF_ATTEND_STAGED;
+      process.env.KVOFF_ATTEND_STAGED = form;
+      try {
+        for (const [bits, D, KG, VG] of [[1, 128, 64, 128], [2, 64, 32, 8], [4, 128, 32, 8]] as const) {
+          const cp = attendCopy(bits, D, KG, VG, 8, Math.ceil(2000 / KG), 70 + bits + D + KG + VG);
+          const n = cp.n;
+          for (const [G, R] of [[4, 1], [4, 2], [2, 4]]) {
+            await checkAttend(cp, { G: G!, rows: R!, first: 37, end: n - 5, exclude: 'some' }, 80 + G! + R!);
+            await checkAttend(cp, { G: G!, rows: R!, first: 3, end: 2 * KG, exclude: 'all' }, 95 + G! + R!);
+          }
+        }
+      } finally {
+        if (before === undefined) delete process.env.KVOFF_ATTEND_STAGED;
+        else process.env.KVOFF_ATTEND_STAGED = before;
+      }
+    }, 120_000);
+
   it('runs the specache decode shape: 2 rows of 8 KV heads x 4, head_dim 128, 1- and 2-bit, one value group per token', async () => {
     for (const bits of [1, 2] as const) {
       const cp = attendCopy(bits, 128, 64, 128, 8, 128, 44 + bits);
