@@ -34,10 +34,12 @@ export interface Measured {
   failed: Record<string, string>; // policies whose trial run threw, with the message
 }
 
-// Full sizes outgrow the last-level cache, as doctor's do; quick sizes take milliseconds. On CUDA the policies' trial
+// Full sizes outgrow the last-level cache, as doctor's do (a server's L3 holds over 100 MiB: at 128 MiB the H100
+// host's workers read 55 GB/s, above its 43 GB/s memcpy, and tune predicted `cpu` at 131k 28% fast); quick sizes
+// take milliseconds. On CUDA the policies' trial
 // runs are longer: a step's fixed cost (launches, the dense layers) hides the per-token slope below a few thousand.
 const SIZES = {
-  full: { kvBytes: 128 << 20, lowBitTokens: 1 << 16, gatherUnits: 1 << 14, reps: 5, denseContext: 64, denseSteps: 8, policyContexts: [128, 1024], policySteps: 6 },
+  full: { kvBytes: 512 << 20, lowBitTokens: 1 << 16, gatherUnits: 1 << 14, reps: 5, denseContext: 64, denseSteps: 8, policyContexts: [128, 1024], policySteps: 6 },
   quick: { kvBytes: 2 << 20, lowBitTokens: 4096, gatherUnits: 512, reps: 2, denseContext: 16, denseSteps: 3, policyContexts: [128, 256], policySteps: 4 },
 };
 const CUDA_POLICY_CONTEXTS = { full: [4096, 16384], quick: [512, 2048] };
