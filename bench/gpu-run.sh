@@ -6,7 +6,7 @@
 #     sed -e "s#--exclude='node_modules/.cache' \\\\#--exclude='node_modules/.cache' --exclude='node_modules/vega*' --exclude='node_modules/d3-*' --exclude='node_modules/@types' --exclude='node_modules/protobufjs/dist' --exclude='*.map' --exclude='*.d.ts' \\\\#" \
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
-# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [sanitizer-FILE] [kernels] [prefill] [lowbit] [decode] [decode-specache] [decode-quick] [engine]
+# There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [sanitizer-FILE] [kernels] [prefill] [lowbit] [ncu-tail] [decode] [decode-specache] [decode-quick] [engine]
 #   [engine-131k-POLICY] [tune-131k] [batch-24k] [batch-kernels]
 set -u
 OUT=${OUT:-gpu-out}
@@ -24,6 +24,12 @@ for what in "${@:-tests}"; do
       /usr/local/cuda/bin/compute-sanitizer --tool memcheck --target-processes all --print-limit 20 \
         node node_modules/vitest/vitest.mjs run "test/gpu/${what#sanitizer-}.test.ts" --testTimeout 600000 \
         ${SANITIZE_FILTER:+-t "$SANITIZE_FILTER"} 2>&1 | tail -60 > "$OUT/sanitizer-${what#sanitizer-}.log" ;;
+    ncu-tail) # Nsight Compute on one 131k two-row 1-bit tail chunk kernel (the specache decode shape)
+      n=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      $n --kernel-name-base demangled --kernel-name "regex:attend2_kernel<\\(int\\)1, \\(int\\)128, \\(int\\)8, \\(bool\\)1>" --launch-skip 2 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section InstructionStats \
+        node dist/bench/cuda-lowbit.js --quick > "$OUT/ncu-tail.log" 2>&1 ;;
     kernels) node dist/bench/cuda-kernels.js 2>&1 | tail -60 > "$OUT/cuda-kernels.log" ;;
     decode) node dist/bench/cuda-decode.js --profile --json "$OUT/cuda-decode.json" 2>&1 | tail -60 > "$OUT/cuda-decode.log" ;;
     decode-specache) node dist/bench/cuda-decode.js --policies dense,specache --profile 2>&1 | tail -60 > "$OUT/cuda-decode-specache.log" ;;
