@@ -16,6 +16,7 @@ import { writeRandomModel } from '../src/model/random-model.js';
 import { SHAPE_NAMES, shapeConfig } from '../src/model/shapes.js';
 import { native } from '../src/native.js';
 import { stepCost, type CostConstants, type TuneShape } from '../src/tune/cost-model.js';
+import { workerKvBytes } from '../src/tune/measure.js';
 import { engineKnobs, searchSettings, type PlanShape } from '../src/tune/search.js';
 
 const run = promisify(execFile);
@@ -157,6 +158,23 @@ const C: CostConstants = {
 };
 const S: TuneShape = { numLayers: 2, numKvHeads: 2, groupSize: 2, headDim: 16 }; // a token-head's K+V: 64 B
 const SPLIT = { topK: 32, sinks: 4, window: 64, bits: 2, keyGroupSize: 32 };
+
+describe('the CPU workers\' measurement size', () => {
+  it('is the run\'s KV within [2 MiB, 512 MiB], and the fixed sizes without it or in quick mode', () => {
+    const MiB = 1 << 20;
+    expect(workerKvBytes(7.83 * MiB, false)).toBe(Math.ceil(7.83 * MiB)); // the demo model at 8k: cache-resident, as its run
+    expect(workerKvBytes(16 * 1024 * MiB, false)).toBe(512 * MiB); // the 8B shape at 131k: DRAM, as its run
+    expect(workerKvBytes(100, false)).toBe(2 * MiB);
+    expect(workerKvBytes(undefined, false)).toBe(512 * MiB);
+    expect(workerKvBytes(Number.NaN, false)).toBe(512 * MiB);
+    expect(workerKvBytes(16 * 1024 * MiB, true)).toBe(2 * MiB);
+    fc.assert(fc.property(fc.double({ min: 1, max: 2 ** 40, noNaN: true }), fc.double({ min: 1, max: 2 ** 40, noNaN: true }), (a, b) => {
+      // Never smaller for a bigger run.
+      const [lo, hi] = a <= b ? [a, b] : [b, a];
+      return workerKvBytes(lo, false) <= workerKvBytes(hi, false);
+    }));
+  });
+});
 
 describe('cost model', () => {
   it('cpu: each layer attends all of the KV on the workers, then runs its dense graphs', () => {

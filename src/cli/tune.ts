@@ -130,12 +130,15 @@ export async function runTune(f: TuneFlags): Promise<void> {
     // The weight files stay until the end: a policy may read them again (infinigen calibrates from model.dir).
     const c = model.config;
     checkContext(c, f.context, steps);
-    const measured = await measureConstants(model, model.backend, { quick: f.quick, policies, signal: ac.signal, onProgress: (s, d, t) => progress.update(s, d, t) });
     const defaults = resolveEngineOptions({});
     const shape: PlanShape = { numLayers: c.numLayers, numKvHeads: c.numKvHeads, groupSize: c.numHeads / c.numKvHeads, headDim: c.headDim, dtype: defaults.kvDtype, blockSize: defaults.blockSize };
     const capacityTokens = f.context + steps + 1; // what the confirmation runs (bench's runner) allocate
-    // The run's full KV, as bench computes it: a percentage budget is a share of it.
+    // The run's full KV, as bench computes it: a percentage budget is a share of it, and the CPU workers are timed
+    // over as much (the cache holds their KV exactly when it holds the run's).
     const fullKv = f.batch * HostKvCache.bytesFor({ ...shape, numBlocks: Math.ceil(capacityTokens / shape.blockSize) });
+    const measured = await measureConstants(model, model.backend, {
+      quick: f.quick, policies, runKvBytes: fullKv, signal: ac.signal, onProgress: (s, d, t) => progress.update(s, d, t),
+    });
     const budgetBytes = resolveBudget(f.vramBudget, fullKv, '--vram-budget')!;
     const runnable = policies.filter((p) => !Object.hasOwn(measured.failed, p));
     const found = searchSettings({ shape, context: f.context, capacityTokens, batch: f.batch, budgetBytes, policies: runnable, constants: measured.constants });

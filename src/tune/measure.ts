@@ -23,6 +23,8 @@ export interface MeasureOptions {
   quick?: boolean;
   /** The policies to fit a residual for, from short runs of each. */
   policies?: readonly PolicyName[];
+  /** The KV one decode step of the run reads (every layer, the whole batch): the CPU workers are timed over as much. */
+  runKvBytes?: number;
   onProgress?: (stage: string, done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -34,15 +36,27 @@ export interface Measured {
   failed: Record<string, string>; // policies whose trial run threw, with the message
 }
 
-// Full sizes outgrow the last-level cache, as doctor's do (a server's L3 holds over 100 MiB: at 128 MiB the H100
-// host's workers read 55 GB/s, above its 43 GB/s memcpy, and tune predicted `cpu` at 131k 28% fast); quick sizes
-// take milliseconds. On CUDA the policies' trial
+// Full sizes outgrow the last-level cache, as doctor's do; quick sizes take milliseconds. The CPU workers' KV is
+// sized by workerKvBytes() instead. On CUDA the policies' trial
 // runs are longer: a step's fixed cost (launches, the dense layers) hides the per-token slope below a few thousand.
 const SIZES = {
   full: { kvBytes: 512 << 20, lowBitTokens: 1 << 16, gatherUnits: 1 << 14, reps: 5, denseContext: 64, denseSteps: 8, policyContexts: [128, 1024], policySteps: 6 },
   quick: { kvBytes: 2 << 20, lowBitTokens: 4096, gatherUnits: 512, reps: 2, denseContext: 16, denseSteps: 3, policyContexts: [128, 256], policySteps: 4 },
 };
 const CUDA_POLICY_CONTEXTS = { full: [4096, 16384], quick: [512, 2048] };
+
+/**
+ * How much synthetic KV the CPU workers are timed over: as much as a step of the run reads, within [2 MiB, 512 MiB].
+ * The cache then holds it when it holds the run's KV, and not when it does not. A server's L3 holds over 100 MiB: at a
+ * fixed 128 MiB the H100 host's workers read 55 GB/s, above its 43 GB/s memcpy, while the 8B shape at 131k reads
+ * 512 MiB a layer from DRAM (tune predicted `cpu` there 28% fast); the demo model at 8k reads 7.8 MiB a step, from
+ * cache. Without the run's size (or in quick mode) the fixed sizes stand.
+ */
+export function workerKvBytes(runKvBytes: number | undefined, quick: boolean | undefined): number {
+  const size = SIZES[quick ? 'quick' : 'full'].kvBytes;
+  if (quick || runKvBytes === undefined || !(runKvBytes > 0)) return size;
+  return Math.min(512 << 20, Math.max(2 << 20, Math.ceil(runKvBytes)));
+}
 
 const KEY_GROUP = 32; // the split policies' default; the kernels' speed per token hardly depends on it
 const HOT_TOKENS = 4 + 64 + 64; // sinks + window + top-k: the k a selection asks top-k for
@@ -196,7 +210,7 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
   const machine = machineOf(report, backend, probe);
 
   stage(1);
-  const kernels = await measureKernels(H, D, G, blockSize, size, (i) => stage(i), probe);
+  const kernels = await measureKernels(H, D, G, blockSize, { ...size, kvBytes: workerKvBytes(o.runKvBytes, o.quick) }, (i) => stage(i), probe);
   const policyContexts = probe ? CUDA_POLICY_CONTEXTS[o.quick ? 'quick' : 'full'] : size.policyContexts;
 
   stage(4);
