@@ -470,7 +470,7 @@ __global__ void __launch_bounds__(kAtt2Threads, 2) kivi_attend2_kernel(AttendPar
 // One block per (query head, row): o = sum_i e^(m_i - M) o_i / sum_i e^(m_i - M) l_i, lse = M + log L over the
 // chunks (chunks with l_i = 0 attended nothing and are skipped). Warp w sums chunks w, w + 8, ..., a lane per four
 // channels, four chunks' loads in flight; the warps' sums are added in warp order (deterministic). One thread walking
-// every chunk, a dependent load each, took about 100 us of a 131k-token call.
+// every chunk, a dependent load each, cost about 65 us of a 131k-token call (two rows went from 283 to 218 us).
 constexpr int kCombineThreads = 256;
 constexpr int kCombineWarps = kCombineThreads / 32;
 constexpr int kCombineUnroll = 4;
