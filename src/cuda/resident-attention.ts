@@ -177,6 +177,7 @@ export class DenseResident implements ResidentAttention {
   readonly seq: number; // index in the batch (0: the leader)
   readonly #arena: DeviceArena;
   readonly #seqs: number;
+  readonly #members: DenseResident[]; // the batch's sequences in order, shared with the leader
   readonly #counts: PerStep<Int32Array>; // [Hkv] rows attended: every token up to the step's own
   // A batch's per-step arguments: each sequence's slot (its position) and its heads' counts [B * Hkv].
   readonly #batch: PerStep<{ slots: Int32Array; counts: Int32Array }, readonly StepRows[]>;
@@ -204,7 +205,6 @@ export class DenseResident implements ResidentAttention {
       counts: Int32Array.from({ length: steps.length * H }, (_, i) => steps[Math.floor(i / H)].pos + 1),
     }));
   }
-  readonly #members: DenseResident[];
 
   /** A batch's leader holds every sequence's device memory; the others none. */
   get deviceBytes(): number {
