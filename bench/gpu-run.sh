@@ -7,7 +7,7 @@
 #       -e 's/xz -T0 -3/xz -T0 -9e/' ../shared/tools/device-pack.sh > /tmp/device-pack.sh
 #   and .device/node.tar.xz holding only the node binary (as bin/node: 23 MiB; npm is not needed there).
 # There: source .device/unpack.sh && bash bench/gpu-run.sh [tests] [tests-FILE] [sanitizer] [sanitizer-FILE] [kernels] [prefill] [lowbit] [ncu-tail] [decode] [decode-specache] [decode-quick] [engine]
-#   [engine-131k-POLICY] [tune-131k] [batch-24k] [batch-kernels]
+#   [engine-131k-POLICY] [pool] [tune-131k] [batch-24k] [batch-kernels]
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -54,6 +54,8 @@ for what in "${@:-tests}"; do
       p=${what#engine-131k-}; b=10%; [ "$p" = dense ] && b=none
       node dist/src/cli/main.js bench --shape llama-3.1-8b --backend cuda --steps 16 --json --context 131000 \
         --policies "$p" --vram-budget $b > "$OUT/engine-131k-$p.json" 2> "$OUT/engine-131k-$p.err" ;;
+    pool) # the CPU worker pool's read rate on the host: 512 MiB layers, 8 and 16 threads, one shard a thread against 'auto'
+      node dist/bench/pool-scaling.js --sizes 512 --layers 1,4 --threads 8,16 --pin true --reps 7 > "$OUT/pool-scaling.log" 2>&1 ;;
     tune-131k) # the tuning check: the 8B shape at 131000 tokens under 1.6 GiB of KV, 3 settings confirmed
       node dist/src/cli/main.js tune --shape llama-3.1-8b --backend cuda --context 131000 --vram-budget 1.6GiB \
         --out "$OUT/tuned-8b-131k.json" > "$OUT/tune-131k.log" 2>&1 ;;

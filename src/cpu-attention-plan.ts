@@ -27,6 +27,22 @@ export interface ShardPlan {
   shards: Shard[]; // every (group, range) pair, group-major
 }
 
+/** Bytes of one shard below which splitting a request further costs more in dispatch and merge than it saves. */
+export const MIN_SHARD_BYTES = 8 << 20;
+/** The most shards a thread is planned: enough that a slow thread's share is picked up by the others. */
+export const MAX_SHARDS_PER_THREAD = 4;
+
+/**
+ * How many shards a thread gets for a request of `bytes` KV: 1 for small requests, up to MAX_SHARDS_PER_THREAD
+ * once every shard still holds MIN_SHARD_BYTES. One shard a thread makes the request wait on its slowest thread; on
+ * a shared host a core taken by a neighbour for a few ms stalls the whole layer. With several, the queue hands the
+ * slow thread's remaining shards to the others.
+ */
+export function shardsPerThread(bytes: number, threads: number): number {
+  const k = Math.floor(bytes / (Math.max(1, threads) * MIN_SHARD_BYTES));
+  return Math.max(1, Math.min(MAX_SHARDS_PER_THREAD, k));
+}
+
 /** Splits [0, n) into k contiguous parts whose sizes differ by at most one, larger parts first. */
 export function splitEven(n: number, k: number): Array<[number, number]> {
   const out: Array<[number, number]> = [];

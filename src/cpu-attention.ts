@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { AttendTask, CausalTask, WorkerResult, WorkerTask } from '../workers/attention-worker.js';
-import { excludeBounds, planShards } from './cpu-attention-plan.js';
+import { excludeBounds, planShards, shardsPerThread } from './cpu-attention-plan.js';
 import {
   KvoffArgumentError,
   KvoffDisposedError,
@@ -42,6 +42,7 @@ export interface CpuAttentionPoolOptions {
   threads?: number; // default: os.availableParallelism()
   maxQueue?: number | 'auto'; // queued shards beyond the running ones (piscina's maxQueue)
   minBlocksPerShard?: number; // smallest block range given its own shard (default 1)
+  shardsPerThread?: number | 'auto'; // shards planned a thread; 'auto' (default): more for large requests (shardsPerThread())
 }
 
 /** One layer's CPU-side attention. */
@@ -93,6 +94,7 @@ const SPARE_SCRATCH = 8;
 export class CpuAttentionPool {
   readonly threads: number;
   readonly #minBlocks: number;
+  readonly #shardsPerThread: number | 'auto';
   readonly #piscina: Piscina<WorkerTask, WorkerResult>;
   // Scratch arenas of finished requests, reused. Scratch lives in a host arena, not on a
   // SharedArrayBuffer: every thread reaches an arena by handle, and the addon (node-addon-api's
@@ -107,6 +109,10 @@ export class CpuAttentionPool {
       throw new KvoffArgumentError('CpuAttentionPool threads', 'an integer in [1, 1024]', threads);
     this.threads = threads;
     this.#minBlocks = opts.minBlocksPerShard ?? 1;
+    const spt = opts.shardsPerThread ?? 'auto';
+    if (spt !== 'auto' && !(Number.isInteger(spt) && spt >= 1 && spt <= 64))
+      throw new KvoffArgumentError('CpuAttentionPool shardsPerThread', "'auto' or an integer in [1, 64]", spt);
+    this.#shardsPerThread = spt;
     this.#piscina = new Piscina<WorkerTask, WorkerResult>({
       filename: resolveWorkerFile(),
       minThreads: threads, // all threads start now and stay: a decode step cannot wait for a cold start
@@ -154,7 +160,9 @@ export class CpuAttentionPool {
       req.lse.fill(-Infinity);
       return;
     }
-    const plan = planShards({ heads: nh, numTokens: req.numTokens, blockSize: region.blockSize, threads: this.threads, minBlocksPerRange: this.#minBlocks });
+    const bytes = req.numTokens * nh * 2 * D * 2; // K and V rows of 16-bit storage
+    const slots = this.threads * (this.#shardsPerThread === 'auto' ? shardsPerThread(bytes, this.threads) : this.#shardsPerThread);
+    const plan = planShards({ heads: nh, numTokens: req.numTokens, blockSize: region.blockSize, threads: slots, minBlocksPerRange: this.#minBlocks });
     const rows = nh * G;
     const ranges = plan.ranges.length;
     const exclude = req.exclude ?? new Int32Array(0);

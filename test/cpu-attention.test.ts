@@ -1,10 +1,11 @@
 // CPU attention pool: sharded + merged attention equals one native call; crash, abort and dispose behave; shard planning.
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import fc from 'fast-check';
 import { HostArena } from '../src/arena.js';
 import { native, type KvDtype, type KvRegion } from '../src/native.js';
 import { blockBytes } from '../src/kernels/paged-kv.js';
 import { CpuAttentionPool, KvoffWorkerError, type CpuAttentionRequest } from '../src/cpu-attention.js';
-import { excludeBounds, planShards, splitEven } from '../src/cpu-attention-plan.js';
+import { excludeBounds, planShards, shardsPerThread, splitEven } from '../src/cpu-attention-plan.js';
 import { KvoffDisposedError, KvoffRangeError } from '../src/errors.js';
 import { randn, rng, shuffled } from './helpers.js';
 
@@ -112,6 +113,29 @@ describe('CpuAttentionPool sharded attention', () => {
         expectClose(req.lse, ref.lse, `lse (${tag})`, false);
       }
     }
+  });
+
+  it('several shards a thread (queued, taken by whichever thread is free) equal one native kvAttend', async () => {
+    const pool = new CpuAttentionPool({ threads: 2, shardsPerThread: 4 });
+    try {
+      for (const [i, c] of [cases[cases.length - 1]!, cases[cases.length - 2]!, cases[5]!].entries()) {
+        const kv = buildKv(c, 900 + i);
+        for (const exclude of [undefined, straddlingExclude(c, 8, kv.r)]) {
+          const req = request(kv, c, exclude);
+          const ref = direct(req);
+          await pool.attend(req);
+          expectClose(req.out, ref.out, `o (case ${i}, exclude ${exclude ? exclude.length : 'none'})`, true);
+          expectClose(req.lse, ref.lse, `lse (case ${i})`, false);
+        }
+      }
+    } finally {
+      await pool.dispose();
+    }
+  });
+
+  it('rejects a shardsPerThread that is not auto or an integer in [1, 64]', () => {
+    for (const bad of [0, 1.5, 65, Number.NaN, 'many'])
+      expect(() => new CpuAttentionPool({ threads: 1, shardsPerThread: bad as number })).toThrow(/'auto' or an integer in \[1, 64\] for CpuAttentionPool shardsPerThread/);
   });
 
   it('a fully excluded range or sequence merges to the right result (o = 0, lse = -inf when all)', async () => {
@@ -306,6 +330,18 @@ describe('planShards', () => {
     const q = coverage(1, 16 * 10, 16, 8, 4);
     expect(q.ranges.length).toBe(2);
     expect(coverage(3, 1, 16, 4).ranges.length).toBe(1); // one block cannot be split
+  });
+
+  it('gives large requests up to 4 shards a thread, each of at least 8 MiB, and small ones 1', () => {
+    const MiB = 1 << 20;
+    expect(shardsPerThread(7.8 * MiB, 2)).toBe(1); // the demo model's layer
+    expect(shardsPerThread(16 * 8 * MiB * 2, 16)).toBe(2);
+    expect(shardsPerThread(512 * MiB, 16)).toBe(4); // the 8B shape's layer at 131k
+    expect(shardsPerThread(512 * MiB, 0)).toBe(4);
+    fc.assert(fc.property(fc.double({ min: 0, max: 2 ** 36, noNaN: true }), fc.integer({ min: 1, max: 256 }), (bytes, threads) => {
+      const k = shardsPerThread(bytes, threads);
+      return k >= 1 && k <= 4 && (k === 1 || bytes / (k * threads) >= 8 * MiB);
+    }));
   });
 
   it('handles zero heads and zero tokens', () => {
