@@ -16,7 +16,7 @@ import { writeRandomModel } from '../src/model/random-model.js';
 import { SHAPE_NAMES, shapeConfig } from '../src/model/shapes.js';
 import { native } from '../src/native.js';
 import { stepCost, type CostConstants, type TuneShape } from '../src/tune/cost-model.js';
-import { workerKvBytes } from '../src/tune/measure.js';
+import { workerKvBytes, workerKvLayers } from '../src/tune/measure.js';
 import { engineKnobs, searchSettings, type PlanShape } from '../src/tune/search.js';
 
 const run = promisify(execFile);
@@ -160,19 +160,31 @@ const S: TuneShape = { numLayers: 2, numKvHeads: 2, groupSize: 2, headDim: 16 };
 const SPLIT = { topK: 32, sinks: 4, window: 64, bits: 2, keyGroupSize: 32 };
 
 describe('the CPU workers\' measurement size', () => {
-  it('is the run\'s KV within [2 MiB, 512 MiB], and the fixed sizes without it or in quick mode', () => {
+  it('is the run\'s KV within [2 MiB, 2 GiB] and an eighth of host memory, and the fixed sizes without it or in quick mode', () => {
     const MiB = 1 << 20;
-    expect(workerKvBytes(7.83 * MiB, false)).toBe(Math.ceil(7.83 * MiB)); // the demo model at 8k: cache-resident, as its run
-    expect(workerKvBytes(16 * 1024 * MiB, false)).toBe(512 * MiB); // the 8B shape at 131k: DRAM, as its run
-    expect(workerKvBytes(100, false)).toBe(2 * MiB);
-    expect(workerKvBytes(undefined, false)).toBe(512 * MiB);
-    expect(workerKvBytes(Number.NaN, false)).toBe(512 * MiB);
-    expect(workerKvBytes(16 * 1024 * MiB, true)).toBe(2 * MiB);
+    const host = 128 * 1024 * MiB; // the H100 machine's
+    expect(workerKvBytes(7.83 * MiB, false, host)).toBe(Math.ceil(7.83 * MiB)); // the demo model at 8k: cache-resident, as its run
+    expect(workerKvBytes(16 * 1024 * MiB, false, host)).toBe(2048 * MiB); // the 8B shape at 131k: DRAM, as its run
+    expect(workerKvBytes(16 * 1024 * MiB, false, 8 * 1024 * MiB)).toBe(1024 * MiB); // a small host: an eighth of it
+    expect(workerKvBytes(16 * 1024 * MiB, false, 1024 * MiB)).toBe(512 * MiB); // never below the fixed size
+    expect(workerKvBytes(100, false, host)).toBe(2 * MiB);
+    expect(workerKvBytes(undefined, false, host)).toBe(512 * MiB);
+    expect(workerKvBytes(Number.NaN, false, host)).toBe(512 * MiB);
+    expect(workerKvBytes(16 * 1024 * MiB, true, host)).toBe(2 * MiB);
     fc.assert(fc.property(fc.double({ min: 1, max: 2 ** 40, noNaN: true }), fc.double({ min: 1, max: 2 ** 40, noNaN: true }), (a, b) => {
       // Never smaller for a bigger run.
       const [lo, hi] = a <= b ? [a, b] : [b, a];
-      return workerKvBytes(lo, false) <= workerKvBytes(hi, false);
+      return workerKvBytes(lo, false, host) <= workerKvBytes(hi, false, host);
     }));
+  });
+
+  it('is read as layers of at most 512 MiB, at most 4 of them, as the run reads a step', () => {
+    const MiB = 1 << 20;
+    expect(workerKvLayers(7.83 * MiB)).toBe(1);
+    expect(workerKvLayers(512 * MiB)).toBe(1);
+    expect(workerKvLayers(513 * MiB)).toBe(2);
+    expect(workerKvLayers(2048 * MiB)).toBe(4);
+    expect(workerKvLayers(1e15)).toBe(4);
   });
 });
 

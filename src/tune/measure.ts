@@ -45,17 +45,28 @@ const SIZES = {
 };
 const CUDA_POLICY_CONTEXTS = { full: [4096, 16384], quick: [512, 2048] };
 
+/** The most synthetic KV a layer of the workers' measurement holds; larger runs are measured as several layers. */
+export const LAYER_KV_CAP = 512 << 20;
+/** At most this many such layers: 2 GiB, read a step at a time as the run reads its layers. */
+export const MAX_LAYERS = 4;
+
 /**
- * How much synthetic KV the CPU workers are timed over: as much as a step of the run reads, within [2 MiB, 512 MiB].
- * The cache then holds it when it holds the run's KV, and not when it does not. A server's L3 holds over 100 MiB: at a
- * fixed 128 MiB the H100 host's workers read 55 GB/s, above its 43 GB/s memcpy, while the 8B shape at 131k reads
- * 512 MiB a layer from DRAM (tune predicted `cpu` there 28% fast); the demo model at 8k reads 7.8 MiB a step, from
- * cache. Without the run's size (or in quick mode) the fixed sizes stand.
+ * How much synthetic KV the CPU workers are timed over: as much as a step of the run reads, within [2 MiB, 2 GiB]
+ * (and an eighth of host memory). The cache then holds it when it holds the run's KV, and not when it does not. A
+ * server's L3 holds over 100 MiB (300 MiB on the H100 host): at a fixed 128 MiB its workers read 55 GB/s, above its
+ * 43 GB/s memcpy, while the 8B shape at 131k reads 512 MiB a layer from DRAM; the demo model at 8k reads 7.8 MiB a
+ * step, from cache. Without the run's size (or in quick mode) the fixed sizes stand.
  */
-export function workerKvBytes(runKvBytes: number | undefined, quick: boolean | undefined): number {
+export function workerKvBytes(runKvBytes: number | undefined, quick: boolean | undefined, hostBytes = totalmem()): number {
   const size = SIZES[quick ? 'quick' : 'full'].kvBytes;
   if (quick || runKvBytes === undefined || !(runKvBytes > 0)) return size;
-  return Math.min(512 << 20, Math.max(2 << 20, Math.ceil(runKvBytes)));
+  const cap = Math.max(size, Math.min(MAX_LAYERS * LAYER_KV_CAP, Math.floor(hostBytes / 8)));
+  return Math.min(cap, Math.max(2 << 20, Math.ceil(runKvBytes)));
+}
+
+/** How many layers of at most LAYER_KV_CAP the measurement splits `bytes` into. */
+export function workerKvLayers(bytes: number): number {
+  return Math.min(MAX_LAYERS, Math.max(1, Math.ceil(bytes / LAYER_KV_CAP)));
 }
 
 const KEY_GROUP = 32; // the split policies' default; the kernels' speed per token hardly depends on it
@@ -80,21 +91,30 @@ async function timeMs(reps: number, fn: () => unknown): Promise<number> {
 
 const gbs = (bytes: number, ms: number): number => bytes / (ms * 1e6);
 
-/** A paged KV of `tokens` tokens in the engine's layout, [numBlocks, H, blockSize, 2, D] bf16, every page touched. */
+/**
+ * `layers` paged KVs of `tokens` tokens each in the engine's layout, [numBlocks, H, blockSize, 2, D] bf16, in one
+ * arena with every page touched. `region` is the first layer's.
+ */
 class SyntheticKv {
   readonly arena: HostArena;
-  readonly region: KvRegion;
+  readonly regions: KvRegion[];
   readonly blockIds: Int32Array;
-  readonly tokens: number;
+  readonly tokens: number; // a layer's
 
-  constructor(heads: number, headDim: number, blockSize: number, bytes: number) {
+  constructor(heads: number, headDim: number, blockSize: number, bytes: number, layers = 1) {
     const blockBytes = heads * blockSize * unitBytes(headDim);
-    const numBlocks = Math.max(1, Math.floor(bytes / blockBytes));
-    this.arena = new HostArena(numBlocks * blockBytes, { pin: true });
+    const numBlocks = Math.max(1, Math.floor(bytes / layers / blockBytes));
+    this.arena = new HostArena(layers * numBlocks * blockBytes, { pin: true });
     this.arena.write(0, new Uint8Array(this.arena.bytes).fill(0x3c)); // small finite bf16 values
-    this.region = { handle: this.arena.handle, offset: 0, numBlocks, numKvHeads: heads, headDim, blockSize, dtype: 'bf16' };
+    this.regions = Array.from({ length: layers }, (_, l) => ({
+      handle: this.arena.handle, offset: l * numBlocks * blockBytes, numBlocks, numKvHeads: heads, headDim, blockSize, dtype: 'bf16' as const,
+    }));
     this.blockIds = Int32Array.from({ length: numBlocks }, (_, i) => i);
     this.tokens = numBlocks * blockSize;
+  }
+
+  get region(): KvRegion {
+    return this.regions[0]!;
   }
 
   dispose(): void {
@@ -165,19 +185,24 @@ async function measurePool(kv: SyntheticKv, G: number, threads: number, reps: nu
   const D = kv.region.headDim;
   const pool = new CpuAttentionPool({ threads });
   try {
-    const base = { region: kv.region, blockIds: kv.blockIds, kvHeads: Int32Array.from({ length: H }, (_, h) => h), groupSize: G, scale: 1 / Math.sqrt(D) };
+    const base = { blockIds: kv.blockIds, kvHeads: Int32Array.from({ length: H }, (_, h) => h), groupSize: G, scale: 1 / Math.sqrt(D) };
     const q = new Float32Array(H * G * D).fill(0.01); // [H, G, D]
     const out = new Float32Array(H * G * D);
     const lse = new Float32Array(H * G);
-    const bytes = kv.tokens * H * unitBytes(D);
-    const attnMs = await timeMs(reps, () => pool.attend({ ...base, numTokens: kv.tokens, q, out, lse }));
-    const dispatchMs = await timeMs(Math.max(reps, 5), () => pool.attend({ ...base, numTokens: kv.region.blockSize, q, out, lse }));
+    const layers = kv.regions.length;
+    const bytes = layers * kv.tokens * H * unitBytes(D);
+    // A step: every layer once, in order, each awaited before the next as the run's layers are.
+    const step = async (extra: { exclude?: Int32Array }) => {
+      for (const region of kv.regions) await pool.attend({ ...base, ...extra, region, numTokens: kv.tokens, q, out, lse });
+    };
+    const attnMs = await timeMs(reps, () => step({}));
+    const dispatchMs = await timeMs(Math.max(reps, 5), () => pool.attend({ ...base, region: kv.region, numTokens: kv.region.blockSize, q, out, lse }));
     const exclude = Int32Array.from({ length: kv.tokens }, (_, i) => i);
-    const skipMs = await timeMs(reps, () => pool.attend({ ...base, numTokens: kv.tokens, q, out, lse, exclude }));
-    // The model charges dispatchMs once per request on top of bytes / rate, so the rate leaves the round trip out;
-    // it is at most half the request (a noisy round trip must not blow the rate up). On the H100 machine the round
+    const skipMs = await timeMs(reps, () => step({ exclude }));
+    // The model charges dispatchMs once per request on top of bytes / rate, so the rate leaves the round trips out;
+    // they are at most half the step (a noisy round trip must not blow the rate up). On the H100 machine the round
     // trip was a fifth of a 128 MiB request, and counting it twice put 131k predictions 30% over the measured steps.
-    const net = (ms: number) => Math.max(ms - dispatchMs, ms / 2);
+    const net = (ms: number) => Math.max(ms - layers * dispatchMs, ms / 2);
     return { threads, attnGBs: gbs(bytes, net(attnMs)), skipGBs: gbs(bytes, net(skipMs)), dispatchMs };
   } finally {
     await pool.dispose();
@@ -229,7 +254,7 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
     linkGBs: probe ? `pinned H2D: ${probe.source}` : 'host memcpy, 1 thread (cpu backend: a "copy to the device" is a host copy)',
     gatherGBs: probe ? 'pinned H2D (the zero-copy gather of 256- and 512-byte units reaches 0.8-0.9 of it on the H100)' : `kvGather of ${kernels.units} scattered (token, head) units of ${u} B`,
     lowBit: probe ? `the device bandwidth over the packed keys (and values) with their zero/scale, per token-head: an estimate the residual fit corrects` : `native KIVI score + top-k and low-bit attention over ${size.lowBitTokens} tokens of one head`,
-    cpu: `the worker pool over ${kernels.tokens} tokens x ${H} KV heads, at 1, 2, 4, ... up to all cores`,
+    cpu: `the worker pool over ${kernels.layers} layer(s) of ${kernels.tokens} tokens x ${H} KV heads, a step at a time, at 1, 2, 4, ... up to all cores`,
     denseLayerMs: `dense decode steps at context ${size.denseContext}: engine deviceMs / steps / layers`,
     denseRowMs: 'the same at batch 2, less batch 1, per layer',
     stepOverheadMs: 'dense step wall time less its deviceMs and cpuAttnMs',
@@ -244,7 +269,7 @@ export async function measureConstants(model: Model, backend: 'cpu' | 'cuda', o:
  * runs. On CUDA the device tier is the GPU's: the probe's figures stand in, and the host kernels are not timed.
  */
 async function measureKernels(H: number, D: number, G: number, blockSize: number, size: (typeof SIZES)['full'], stage: (i: number) => void, probe: Probed | null) {
-  const kv = new SyntheticKv(H, D, blockSize, size.kvBytes);
+  const kv = new SyntheticKv(H, D, blockSize, size.kvBytes, workerKvLayers(size.kvBytes));
   try {
     const tier = probe
       ? { deviceReadGBs: probe.deviceGBs, gatherGBs: probe.pcieGBs, lowBit: deviceLowBit(D, probe.deviceGBs), units: 0 }
@@ -252,7 +277,7 @@ async function measureKernels(H: number, D: number, G: number, blockSize: number
     stage(3);
     const cpu: ThreadRate[] = [];
     for (const threads of threadCounts(availableParallelism())) cpu.push(await measurePool(kv, G, threads, size.reps));
-    return { ...tier, cpu, tokens: kv.tokens };
+    return { ...tier, cpu, tokens: kv.tokens, layers: kv.regions.length };
   } finally {
     kv.dispose();
   }
