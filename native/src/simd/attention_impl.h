@@ -87,8 +87,7 @@ void attend_head_impl(const kvoff::AttnTask& t) {
     if (nlive > 0) {
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * C;
-        float cm = -INFINITY;
-        for (int j = 0; j < n; ++j) cm = sg[j] > cm ? sg[j] : cm;
+        const float cm = Ops::max_n(sg, n);
         const float mn = cm > m[g] ? cm : m[g];
         if (mn > m[g]) {
           const float alpha = m[g] == -INFINITY ? 0.f : std::exp(m[g] - mn);
@@ -96,11 +95,9 @@ void attend_head_impl(const kvoff::AttnTask& t) {
           l[g] *= alpha;
           m[g] = mn;
         }
-        for (int j = 0; j < n; ++j) sg[j] -= mn;
-        Ops::exp_inplace(sg, n);
-        float sum = 0.f;
-        for (int j = 0; j < n; ++j) sum += sg[j];
-        l[g] += sum;
+        // One vector pass: these used to be scalar loops with serial max and sum chains, a tenth of the
+        // kernel's time at GQA 8 (about 30 of 225 cycles a token-head in L2 on the EPYC dev VM).
+        l[g] += Ops::exp_shift_sum(sg, n, mn);
       }
       if (fast) {
         if (bf16) Ops::template accumulate<true>(acc, G, D, rows, rowBytes, n, live, s, C);

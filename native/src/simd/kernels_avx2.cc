@@ -100,15 +100,35 @@ struct Ops {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(va, _mm256_loadu_ps(y + i)));
     for (; i < n; ++i) y[i] *= a;
   }
-  static void exp_inplace(float* x, int n) {
+  static float max_n(const float* x, int n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
     int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    float r = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+    for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+    return r;
+  }
+  // x[i] = exp(x[i] - shift); returns the sum of the new x. The tail goes through a -inf padded vector.
+  static float exp_shift_sum(float* x, int n, float shift) {
+    const __m256 sh = _mm256_set1_ps(shift);
+    __m256 sum = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+      _mm256_storeu_ps(x + i, e);
+      sum = _mm256_add_ps(sum, e);
+    }
     if (i < n) {
       alignas(32) float tmp[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-      for (int j = i; j < n; ++j) tmp[j - i] = x[j];
-      _mm256_store_ps(tmp, exp8(_mm256_load_ps(tmp)));
+      for (int j = i; j < n; ++j) tmp[j - i] = x[j] - shift;
+      const __m256 e = exp8(_mm256_load_ps(tmp));
+      _mm256_store_ps(tmp, e);
+      sum = _mm256_add_ps(sum, e);
       for (int j = i; j < n; ++j) x[j] = tmp[j - i];
     }
+    return hsum(sum);
   }
 };
 #include "simd/attention_impl.h"

@@ -161,13 +161,24 @@ struct Ops {
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(va, _mm512_loadu_ps(y + i)));
     for (; i < n; ++i) y[i] *= a;
   }
-  static void exp_inplace(float* x, int n) {
+  static float max_n(const float* x, int n) {
+    __m512 m = _mm512_set1_ps(-INFINITY);
     int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp16(_mm512_loadu_ps(x + i)));
-    if (i < n) {
-      const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
-      _mm512_mask_storeu_ps(x + i, mk, exp16(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, x + i)));
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+    if (i < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, static_cast<__mmask16>((1u << (n - i)) - 1u), x + i));
+    return _mm512_reduce_max_ps(m);
+  }
+  // x[i] = exp(x[i] - shift); returns the sum of the new x. Lanes past n are -inf, whose exp is 0.
+  static float exp_shift_sum(float* x, int n, float shift) {
+    const __m512 sh = _mm512_set1_ps(shift);
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+      const __mmask16 mk = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, x + i), sh));
+      _mm512_mask_storeu_ps(x + i, mk, e);
+      sum = _mm512_add_ps(sum, e);
     }
+    return _mm512_reduce_add_ps(sum);
   }
 };
 #include "simd/attention_impl.h"

@@ -21,7 +21,17 @@ struct Ops {
   }
   static void axpy(float* y, float a, const float* x, int n) { for (int i = 0; i < n; ++i) y[i] += a * x[i]; }
   static void scal(float* y, float a, int n) { for (int i = 0; i < n; ++i) y[i] *= a; }
-  static void exp_inplace(float* x, int n) { for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]); }
+  static float max_n(const float* x, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+  }
+  // x[i] = exp(x[i] - shift); returns the sum of the new x.
+  static float exp_shift_sum(float* x, int n, float shift) {
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - shift));
+    return sum;
+  }
 };
 #include "simd/attention_impl.h"
 }  // namespace kvoff_scalar
