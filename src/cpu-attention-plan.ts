@@ -27,7 +27,11 @@ export interface ShardPlan {
   shards: Shard[]; // every (group, range) pair, group-major
 }
 
-/** Bytes of one shard below which splitting a request further costs more in dispatch and merge than it saves. */
+/**
+ * Bytes of one shard below which splitting a request further costs more in dispatch and merge than it saves. On the
+ * H100 host (16 threads), 2 or 4 shards a thread of 1-2 MiB halved a 32 MiB layer's rate; at 8 MiB and up they
+ * gained 20% (bench/results/h100-pool-scaling.txt).
+ */
 export const MIN_SHARD_BYTES = 8 << 20;
 /** The most shards a thread is planned: enough that a slow thread's share is picked up by the others. */
 export const MAX_SHARDS_PER_THREAD = 4;
