@@ -95,6 +95,7 @@ export class CpuAttentionPool {
   readonly threads: number;
   readonly #minBlocks: number;
   readonly #shardsPerThread: number | 'auto';
+  readonly #queueRoom: number; // shards a request may queue beyond the running ones (piscina rejects past maxQueue)
   readonly #piscina: Piscina<WorkerTask, WorkerResult>;
   // Scratch arenas of finished requests, reused. Scratch lives in a host arena, not on a
   // SharedArrayBuffer: every thread reaches an arena by handle, and the addon (node-addon-api's
@@ -113,6 +114,8 @@ export class CpuAttentionPool {
     if (spt !== 'auto' && !(Number.isInteger(spt) && spt >= 1 && spt <= 64))
       throw new KvoffArgumentError('CpuAttentionPool shardsPerThread', "'auto' or an integer in [1, 64]", spt);
     this.#shardsPerThread = spt;
+    // Piscina's 'auto' queue is threads squared.
+    this.#queueRoom = opts.maxQueue === 'auto' ? threads * threads : (opts.maxQueue ?? Infinity);
     this.#piscina = new Piscina<WorkerTask, WorkerResult>({
       filename: resolveWorkerFile(),
       minThreads: threads, // all threads start now and stay: a decode step cannot wait for a cold start
@@ -161,7 +164,9 @@ export class CpuAttentionPool {
       return;
     }
     const bytes = req.numTokens * nh * 2 * D * 2; // K and V rows of 16-bit storage
-    const slots = this.threads * (this.#shardsPerThread === 'auto' ? shardsPerThread(bytes, this.threads) : this.#shardsPerThread);
+    const perThread = this.#shardsPerThread === 'auto' ? shardsPerThread(bytes, this.threads) : this.#shardsPerThread;
+    // Never more shards than run at once plus what the queue takes: a capped queue would reject the rest.
+    const slots = Math.max(this.threads, Math.min(this.threads * perThread, this.threads + this.#queueRoom));
     const plan = planShards({ heads: nh, numTokens: req.numTokens, blockSize: region.blockSize, threads: slots, minBlocksPerRange: this.#minBlocks });
     const rows = nh * G;
     const ranges = plan.ranges.length;

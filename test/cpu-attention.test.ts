@@ -133,6 +133,21 @@ describe('CpuAttentionPool sharded attention', () => {
     }
   });
 
+  it('plans no more shards than the threads plus a capped queue take (piscina would reject the rest)', async () => {
+    const c = cases[cases.length - 1]!;
+    const kv = buildKv(c, 950);
+    const pool = new CpuAttentionPool({ threads: 2, shardsPerThread: 8, maxQueue: 1 });
+    try {
+      const req = request(kv, c);
+      const ref = direct(req);
+      await pool.attend(req); // 16 shards would overflow a queue of 1; 3 fit
+      expectClose(req.out, ref.out, 'o', true);
+      expectClose(req.lse, ref.lse, 'lse', false);
+    } finally {
+      await pool.dispose();
+    }
+  });
+
   it('rejects a shardsPerThread that is not auto or an integer in [1, 64]', () => {
     for (const bad of [0, 1.5, 65, Number.NaN, 'many'])
       expect(() => new CpuAttentionPool({ threads: 1, shardsPerThread: bad as number })).toThrow(/'auto' or an integer in \[1, 64\] for CpuAttentionPool shardsPerThread/);
