@@ -15,6 +15,7 @@ import {
   fromNativeError,
 } from './errors.js';
 import { HostArena } from './arena.js';
+import { unitBytes } from './kernels/paged-kv.js';
 import { native, type KvRegion } from './native.js';
 
 /** A worker thread died or failed outside a kernel; the pool replaces the thread and stays usable. */
@@ -163,7 +164,7 @@ export class CpuAttentionPool {
       req.lse.fill(-Infinity);
       return;
     }
-    const bytes = req.numTokens * nh * 2 * D * 2; // K and V rows of 16-bit storage
+    const bytes = req.numTokens * nh * unitBytes(D);
     const perThread = this.#shardsPerThread === 'auto' ? shardsPerThread(bytes, this.threads) : this.#shardsPerThread;
     // Never more shards than run at once plus what the queue takes: a capped queue would reject the rest.
     const slots = Math.max(this.threads, Math.min(this.threads * perThread, this.threads + this.#queueRoom));

@@ -15,7 +15,7 @@ import { writeRandomModel } from '../model/random-model.js';
 import { shapeConfig } from '../model/shapes.js';
 import type { ModelConfig } from '../model/types.js';
 import { formatBytes } from '../units.js';
-import { unitBytes } from '../tune/cost-model.js';
+import { unitBytes } from '../kernels/paged-kv.js';
 import { measureConstants } from '../tune/measure.js';
 import type { TuneSection, TunedCandidate } from '../tune/record.js';
 import { tuneText } from '../tune/report.js';

@@ -10,8 +10,11 @@ export interface PagedShape {
   dtype: HalfDtype;
 }
 
+/** Bytes of one (token, head) unit: its K and V rows, 16-bit. */
+export const unitBytes = (headDim: number): number => 2 * headDim * 2;
+
 export function blockBytes(s: Omit<PagedShape, 'numBlocks' | 'dtype'>): number {
-  return s.numKvHeads * s.blockSize * 2 * s.headDim * 2;
+  return s.numKvHeads * s.blockSize * unitBytes(s.headDim);
 }
 
 /** Index (in 16-bit elements) of the K row of (slot, head); the V row follows it. */

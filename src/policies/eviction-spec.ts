@@ -6,7 +6,8 @@ import type { Knobs, PolicyEnv, PolicySpec, SeqShape } from '../engine/policies.
 import type { PolicyName } from '../engine/options.js';
 import { KvoffArgumentError } from '../errors.js';
 import { EvictionAttention, type EvictionRule } from './eviction-attention.js';
-import { KeptSet, unitBytes } from './kept-set.js';
+import { unitBytes } from '../kernels/paged-kv.js';
+import { KeptSet } from './kept-set.js';
 
 /** The `capacity` knob: kept tokens per (layer, KV head); pyramid: their average over layers. */
 export const capacityKnob = z.number().int().min(1).max(1 << 24);

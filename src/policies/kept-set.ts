@@ -1,6 +1,7 @@
 // The kept set of an eviction policy in the device tier: per (layer, KV head) a fixed number of slots, each one
 // full-precision (token, head) unit. Decode attends only what is here; an evicted token is gone for good.
 import type { HostDeviceTier, TierBuffer } from '../device/device-tier.js';
+import { unitBytes } from '../kernels/paged-kv.js';
 import { native, type KvDtype, type KvRegion } from '../native.js';
 
 export interface KeptShape {
@@ -10,9 +11,6 @@ export interface KeptShape {
   dtype: KvDtype;
   capacities: number[]; // [numLayers] slots per KV head of each layer (pyramid: shrinking with depth)
 }
-
-/** Bytes of one (token, head) unit: its K and V rows, 16-bit. */
-export const unitBytes = (headDim: number): number => 2 * headDim * 2;
 
 export class KeptSet {
   readonly shape: KeptShape;

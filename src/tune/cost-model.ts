@@ -1,6 +1,7 @@
 // The predicted time of one decode step (DESIGN §1), per policy, as pure functions of (shape, context, batch, knobs, constants).
 import { transferMs } from '../bench/bound.js';
 import type { Knobs } from '../engine/policies.js';
+import { unitBytes } from '../kernels/paged-kv.js';
 
 /** What the model needs of a model's attention: one token-head's K and V are `unitBytes(headDim)` bytes. */
 export interface TuneShape {
@@ -74,7 +75,6 @@ export interface StepCost {
 }
 
 /** Bytes of one token-head's K and V in the 16-bit host cache. */
-export const unitBytes = (headDim: number): number => 2 * headDim * 2;
 
 /** The policies that attend every token exactly (the others trade quality for speed or memory). */
 export const LOSSLESS = new Set(['dense', 'cpu', 'offload-layer', 'exact']);

@@ -13,7 +13,8 @@ import { threadCounts } from '../hardware/memcpy-threads.js';
 import type { Model } from '../model/model.js';
 import { f32ToF16 } from '../kernels/half.js';
 import { native, type KvRegion } from '../native.js';
-import { stepCost, unitBytes, type CostConstants, type LowBitRate, type Residual, type ThreadRate, type TuneShape } from './cost-model.js';
+import { unitBytes } from '../kernels/paged-kv.js';
+import { stepCost, type CostConstants, type LowBitRate, type Residual, type ThreadRate, type TuneShape } from './cost-model.js';
 
 /** The share of the top-k assumed to miss each step: not measured up front (it depends on the text); see README. */
 export const DEFAULT_MISS_RATE = 0.5;
@@ -101,7 +102,7 @@ class SyntheticKv {
   readonly blockIds: Int32Array;
   readonly tokens: number; // a layer's
 
-  constructor(heads: number, headDim: number, blockSize: number, bytes: number, layers = 1) {
+  constructor(heads: number, headDim: number, blockSize: number, bytes: number, layers: number) {
     const blockBytes = heads * blockSize * unitBytes(headDim);
     const numBlocks = Math.max(1, Math.floor(bytes / layers / blockBytes));
     this.arena = new HostArena(layers * numBlocks * blockBytes, { pin: true });
