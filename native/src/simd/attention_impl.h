@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "simd/kernels.h"
+#include "simd/prefetch_cursor.h"
 
 #ifndef KVOFF_PREFETCH_AHEAD
 #define KVOFF_PREFETCH_AHEAD 128
@@ -49,29 +50,18 @@ void attend_head_impl(const kvoff::AttnTask& t) {
     // holds, so L1-targeted lines were evicted before use. Measured on the 2-core EPYC dev machine, one
     // thread, bf16 D128 32k (G1/G4/G8 GB/s): L1 at 64 ahead 7.4/6.3/4.2, L2 at 64 10.1/7.8/4.5, L2 at 128
     // 9.7/7.8/4.8, L2 at 256 9.0/7.3/4.4 (memcpy 12.3).
-    // The chunk's lines (128 at head_dim 128) go out in three thirds: before the scores, the softmax and the
-    // value sums. Issued at once they filled the core's miss queue and stalled it. Same machine, C++ harness over
-    // 128 MiB of shuffled blocks, G1/G4/G8 GB/s: at once 11.4/8.6/5.4, in halves 13.8/10.6/6.6, in thirds
-    // 18.6/12.9/7.5.
-    const int p1 = p0 + n + kPrefetchAhead;
-    const uint8_t* ahead = nullptr;
-    size_t aheadBytes = 0;
-    if (p1 < t.numTokens) {
-      int n1;
-      ahead = chunk(p1, &n1);
-      aheadBytes = static_cast<size_t>(n1) * rowBytes;
-    }
-    const size_t third = aheadBytes / 64 / 3 * 64;  // [0, third), [third, 2 third), [2 third, aheadBytes)
-    auto prefetch_ahead = [&](size_t from, size_t to) {
-      for (size_t o = from; o < to; o += 64) __builtin_prefetch(ahead + o, 0, 2);
-    };
-    prefetch_ahead(0, third);
     // And the next chunk, already on its way to L2, on into L1 (+2-6% at G1/G4/G8 on the same machine).
-    if (p0 + n < t.numTokens) {
-      int n2;
-      const uint8_t* soon = chunk(p0 + n, &n2);
-      const size_t nbytes = static_cast<size_t>(n2) * rowBytes;
-      for (size_t o = 0; o < nbytes; o += 64) __builtin_prefetch(soon + o, 0, 3);
+    // Both streams go out a line per step of the Ops loops (PrefetchCursor), with floors at the phase
+    // boundaries. C++ harness, same machine, 128 MiB of shuffled blocks, G1/G4/G8 GB/s: all at the chunk's
+    // start 11.4/8.6/5.4; the ahead chunk in thirds at the phase boundaries 15-17/13-14/6.4-7.0; both
+    // streams stepped 24-25/14.7-15.2/8.4-8.8.
+    kvoff::PrefetchCursor pf;
+    {
+      const int p1 = p0 + n + kPrefetchAhead;
+      int n1 = 0, n2 = 0;
+      const uint8_t* ahead = p1 < t.numTokens ? chunk(p1, &n1) : nullptr;
+      const uint8_t* soon = p0 + n < t.numTokens ? chunk(p0 + n, &n2) : nullptr;
+      pf.reset(ahead, static_cast<size_t>(n1) * rowBytes, soon, static_cast<size_t>(n2) * rowBytes);
     }
     bool live[C];
     int nlive = 0;
@@ -84,8 +74,8 @@ void attend_head_impl(const kvoff::AttnTask& t) {
         for (int g = 0; g < G; ++g) s[g * C + j] = -INFINITY;
     }
     if (fast) {
-      if (bf16) Ops::template scores<true>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C);
-      else Ops::template scores<false>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C);
+      if (bf16) Ops::template scores<true>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C, pf);
+      else Ops::template scores<false>(t.q, G, D, rows, rowBytes, n, live, t.scale, s, C, pf);
     } else {
       for (int j = 0; j < n; ++j) {
         if (!live[j]) continue;
@@ -94,7 +84,7 @@ void attend_head_impl(const kvoff::AttnTask& t) {
         for (int g = 0; g < G; ++g) s[g * C + j] = Ops::dot(t.q + g * D, kf, D) * t.scale;
       }
     }
-    prefetch_ahead(third, 2 * third);
+    pf.l2_floor(1);
     if (nlive > 0) {
       for (int g = 0; g < G; ++g) {
         float* sg = s + g * C;
@@ -110,10 +100,10 @@ void attend_head_impl(const kvoff::AttnTask& t) {
         // kernel's time at GQA 8 (about 30 of 225 cycles a token-head in L2 on the EPYC dev VM).
         l[g] += Ops::exp_shift_sum(sg, n, mn);
       }
-      prefetch_ahead(2 * third, aheadBytes);
+      pf.l2_floor(3);
       if (fast) {
-        if (bf16) Ops::template accumulate<true>(acc, G, D, rows, rowBytes, n, live, s, C);
-        else Ops::template accumulate<false>(acc, G, D, rows, rowBytes, n, live, s, C);
+        if (bf16) Ops::template accumulate<true>(acc, G, D, rows, rowBytes, n, live, s, C, pf);
+        else Ops::template accumulate<false>(acc, G, D, rows, rowBytes, n, live, s, C, pf);
       } else {
         for (int j = 0; j < n; ++j) {
           if (!live[j]) continue;
@@ -122,9 +112,8 @@ void attend_head_impl(const kvoff::AttnTask& t) {
           for (int g = 0; g < G; ++g) Ops::axpy(acc + g * D, s[g * C + j], vf, D);
         }
       }
-    } else {
-      prefetch_ahead(2 * third, aheadBytes);  // an all-excluded chunk still sends the last third on its way
     }
+    pf.flush();  // an all-excluded chunk still sends both streams on their way
     p0 += n;
   }
   for (int g = 0; g < G; ++g) {

@@ -5,6 +5,7 @@
 
 #include "simd/exp_poly.h"
 #include "simd/kernels.h"
+#include "simd/prefetch_cursor.h"
 
 namespace kvoff_avx2 {
 #include "simd/with_gn.h"
@@ -26,13 +27,14 @@ struct Ops {
   }
   // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
   template <bool BF16, int GN>
-  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int j = 0; j < n; ++j) {
       if (!live[j]) continue;
       const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
       __m256 acc[GN];
       for (int i = 0; i < GN; ++i) acc[i] = _mm256_setzero_ps();
       for (int c = 0; c < D; c += 8) {
+        pf.step();
         const __m256 kv = cvt<BF16>(k + c);
         for (int i = 0; i < GN; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
       }
@@ -41,12 +43,13 @@ struct Ops {
   }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
   template <bool BF16, int GN>
-  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int c = 0; c < D; c += 8) {
       __m256 o[GN];
       for (int i = 0; i < GN; ++i) o[i] = _mm256_loadu_ps(acc + (g0 + i) * D + c);
       for (int j = 0; j < n; ++j) {
         if (!live[j]) continue;
+        pf.step();
         const __m256 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
         for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
       }
@@ -54,14 +57,14 @@ struct Ops {
     }
   }
   template <bool BF16>
-  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_n<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C); });
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_n<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf); });
   }
   template <bool BF16>
-  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_n<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C); });
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_n<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C, pf); });
   }
   static void load_f16(float* d, const uint16_t* s, int n) {
     int i = 0;

@@ -5,6 +5,7 @@
 
 #include "simd/exp_poly.h"
 #include "simd/kernels.h"
+#include "simd/prefetch_cursor.h"
 
 namespace kvoff_avx512 {
 #include "simd/with_gn.h"
@@ -19,13 +20,14 @@ struct Ops {
   }
   // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
   template <bool BF16, int GN>
-  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int j = 0; j < n; ++j) {
       if (!live[j]) continue;
       const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
       __m512 acc[GN];
       for (int i = 0; i < GN; ++i) acc[i] = _mm512_setzero_ps();
       for (int c = 0; c < D; c += 16) {
+        pf.step();
         const __m512 kv = cvt<BF16>(k + c);
         for (int i = 0; i < GN; ++i) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
       }
@@ -50,7 +52,7 @@ struct Ops {
   // Scores of TP = 16/GN tokens x GN heads per step: each q slice is loaded once for TP tokens and
   // the 16 (token, head) dot products are reduced together.
   template <bool BF16, int GN>
-  static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+  static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     constexpr int TP = 16 / GN;  // GN = 3, 5, 6, 7 leave spare lanes of the reduction unused
     int j = 0;
     for (; j + TP <= n; j += TP) {
@@ -59,6 +61,7 @@ struct Ops {
       for (int c = 0; c < D; c += 16) {
         __m512 qv[GN];
         for (int i = 0; i < GN; ++i) qv[i] = _mm512_loadu_ps(q + (g0 + i) * D + c);
+        pf.step();
         for (int u = 0; u < TP; ++u) {
           const __m512 kv = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes) + c);
           for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm512_fmadd_ps(qv[i], kv, acc[u * GN + i]);
@@ -69,16 +72,17 @@ struct Ops {
       for (int u = 0; u < TP; ++u)
         for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j + u] = live[j + u] ? tmp[u * GN + i] : -INFINITY;
     }
-    if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C);
+    if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
   template <bool BF16, int GN>
-  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+  static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int c = 0; c < D; c += 16) {
       __m512 o[GN];
       for (int i = 0; i < GN; ++i) o[i] = _mm512_loadu_ps(acc + (g0 + i) * D + c);
       for (int j = 0; j < n; ++j) {
         if (!live[j]) continue;
+        pf.step();
         const __m512 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
         for (int i = 0; i < GN; ++i) o[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
       }
@@ -88,9 +92,9 @@ struct Ops {
   // V accumulation with SP = 16/GN output slices x GN heads held in registers for a whole chunk,
   // so each probability is broadcast once per pass instead of once per slice.
   template <bool BF16, int GN>
-  static void accumulate_tr(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+  static void accumulate_tr(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     constexpr int SP = 16 / GN;
-    if (D % (SP * 16) != 0) return accumulate_n<BF16, GN>(acc, g0, D, rows, rowBytes, n, live, p, C);
+    if (D % (SP * 16) != 0) return accumulate_n<BF16, GN>(acc, g0, D, rows, rowBytes, n, live, p, C, pf);
     for (int c0 = 0; c0 < D; c0 += SP * 16) {
       __m512 o[16];  // [SP slices][GN heads]
       for (int sl = 0; sl < SP; ++sl)
@@ -100,6 +104,7 @@ struct Ops {
         __m512 pb[GN];
         for (int i = 0; i < GN; ++i) pb[i] = _mm512_set1_ps(p[(g0 + i) * C + j]);
         const uint16_t* v = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c0;
+        pf.step();
         for (int sl = 0; sl < SP; ++sl) {
           const __m512 vv = cvt<BF16>(v + sl * 16);
           for (int i = 0; i < GN; ++i) o[sl * GN + i] = _mm512_fmadd_ps(pb[i], vv, o[sl * GN + i]);
@@ -110,14 +115,14 @@ struct Ops {
     }
   }
   template <bool BF16>
-  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C) {
+  static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_tr<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C); });
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_tr<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf); });
   }
   template <bool BF16>
-  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C) {
+  static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_tr<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C); });
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_tr<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C, pf); });
   }
   static void load_f16(float* d, const uint16_t* s, int n) {
     int i = 0;

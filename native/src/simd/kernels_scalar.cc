@@ -2,14 +2,15 @@
 #include <cmath>
 
 #include "simd/kernels.h"
+#include "simd/prefetch_cursor.h"
 
 namespace kvoff_scalar {
 struct Ops {
   static constexpr int kLanes = 0;  // no fast path: the generic row loop is the scalar kernel
   template <bool BF16>
-  static void scores(const float*, int, int, const uint8_t*, size_t, int, const bool*, float, float*, int) {}
+  static void scores(const float*, int, int, const uint8_t*, size_t, int, const bool*, float, float*, int, kvoff::PrefetchCursor&) {}
   template <bool BF16>
-  static void accumulate(float*, int, int, const uint8_t*, size_t, int, const bool*, const float*, int) {}
+  static void accumulate(float*, int, int, const uint8_t*, size_t, int, const bool*, const float*, int, kvoff::PrefetchCursor&) {}
   static void load_f16(float* d, const uint16_t* s, int n) { for (int i = 0; i < n; ++i) d[i] = kvoff::f16_to_f32(s[i]); }
   static void load_bf16(float* d, const uint16_t* s, int n) { for (int i = 0; i < n; ++i) d[i] = kvoff::bf16_to_f32(s[i]); }
   static float dot(const float* a, const float* b, int n) {
