@@ -63,6 +63,13 @@ cases.push({ groupSize: 4, headDim: 24, numKvHeads: 2, blockSize: 5, numTokens: 
 cases.push({ groupSize: 3, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 37, dtype: 'bf16', magnitude: 1, excludeFraction: 0.2 });
 cases.push({ groupSize: 6, headDim: 128, numKvHeads: 1, blockSize: 16, numTokens: 50, dtype: 'f16', magnitude: 1, excludeFraction: 0 });
 cases.push({ groupSize: 12, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
+// GQA 8 and up runs 32-token chunks where a block holds them: blocks of 32 and 64, lengths off the chunk,
+// exclusions that leave chunks partly live (the vector score store's mask), two passes of 8 heads (16), and
+// one length long enough for the prefetch streams to run ahead across many blocks.
+cases.push({ groupSize: 8, headDim: 64, numKvHeads: 2, blockSize: 64, numTokens: 165, dtype: 'bf16', magnitude: 1, excludeFraction: 0.3 });
+cases.push({ groupSize: 8, headDim: 128, numKvHeads: 1, blockSize: 32, numTokens: 97, dtype: 'f16', magnitude: 1, excludeFraction: 0.5 });
+cases.push({ groupSize: 16, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'f16', magnitude: 1, excludeFraction: 0.1 });
+cases.push({ groupSize: 8, headDim: 64, numKvHeads: 2, blockSize: 32, numTokens: 611, dtype: 'bf16', magnitude: 1, excludeFraction: 0.05 });
 // Values near the top of each format's range: fp16 near its max 65504, bf16 far beyond fp16's.
 cases.push({ groupSize: 4, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'f16', magnitude: 2e4, excludeFraction: 0 });
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'bf16', magnitude: 1e16, excludeFraction: 0 });
