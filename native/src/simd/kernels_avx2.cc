@@ -41,6 +41,35 @@ struct Ops {
       for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j] = hsum(acc[i]) * scale;
     }
   }
+  // Lane i of the result = horizontal sum of v[i]: 8 sums from 6 hadds, 2 lane permutes and an add,
+  // where 8 separate reductions take 5 operations each.
+  static inline __m256 reduce8(const __m256* v) {
+    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  // Scores of TP = 8/GN tokens x GN heads per step, reduced together (GN = 1, 2, 4 or 8).
+  template <bool BF16, int GN>
+  static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
+    constexpr int TP = 8 / GN;
+    int j = 0;
+    for (; j + TP <= n; j += TP) {
+      __m256 acc[8];
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+      for (int c = 0; c < D; c += 8) {
+        pf.step();
+        for (int u = 0; u < TP; ++u) {
+          const __m256 kv = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes) + c);
+          for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + i) * D + c), kv, acc[u * GN + i]);
+        }
+      }
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
+      for (int u = 0; u < TP; ++u)
+        for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j + u] = live[j + u] ? tmp[u * GN + i] : -INFINITY;
+    }
+    if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
+  }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
   template <bool BF16, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
@@ -59,7 +88,11 @@ struct Ops {
   template <bool BF16>
   static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_n<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf); });
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) {
+        constexpr int gnv = decltype(gn)::value;
+        if constexpr (8 % gnv == 0) scores_tr<BF16, gnv>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
+        else scores_n<BF16, gnv>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
+      });
   }
   template <bool BF16>
   static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
