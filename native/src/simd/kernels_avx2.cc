@@ -19,6 +19,7 @@ static inline float hsum(__m256 v) {
 #include "simd/exp_vec.h"  // exp8 / exp16, shared with the KIVI kernels
 struct Ops {
   static constexpr int kLanes = 8;
+  static constexpr bool kPermBf16 = false;  // no permuted-bf16 entry points (see the AVX-512 Ops)
   template <bool BF16>
   static inline __m256 cvt(const uint16_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));

@@ -12,14 +12,29 @@ namespace kvoff_avx512 {
 #include "simd/exp_vec.h"  // exp8 / exp16, shared with the KIVI kernels
 struct Ops {
   static constexpr int kLanes = 16;
-  template <bool BF16>
-  static inline __m512 cvt(const uint16_t* p) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    if (BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  // How a row's 16-bit values become fp32 lanes (the CV template argument below).
+  static constexpr int kF16 = 0, kBF16 = 1;
+  // bf16 in permuted order: each 32-channel block as its 16 even channels, then its 16 odd ones. One
+  // 64-byte load of the block gives both: evens shifted into the high half of each 32-bit lane, odds
+  // masked there. That is one vector op per 16 values instead of a widening shuffle plus a shift. q
+  // and the output accumulator are kept in the same order (permute_blocks), so dot products and
+  // sums are unchanged.
+  static constexpr int kBF16Perm = 2;
+  static constexpr bool kPermBf16 = true;
+  // Channels [c, c + 16) of the row at base, in CV's order (c a multiple of 16).
+  template <int CV>
+  static inline __m512 cvt(const uint16_t* base, int c) {
+    if constexpr (CV == kBF16Perm) {
+      const __m512i x = _mm512_loadu_si512(base + (c & ~31));
+      if (c & 16) return _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    }
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + c));
+    if constexpr (CV == kBF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     return _mm512_cvtph_ps(h);
   }
   // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
-  template <bool BF16, int GN>
+  template <int CV, int GN>
   static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int j = 0; j < n; ++j) {
       if (!live[j]) continue;
@@ -28,7 +43,7 @@ struct Ops {
       for (int i = 0; i < GN; ++i) acc[i] = _mm512_setzero_ps();
       for (int c = 0; c < D; c += 16) {
         pf.step();
-        const __m512 kv = cvt<BF16>(k + c);
+        const __m512 kv = cvt<CV>(k, c);
         for (int i = 0; i < GN; ++i) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
       }
       for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j] = _mm512_reduce_add_ps(acc[i]) * scale;
@@ -86,7 +101,7 @@ struct Ops {
   }
   // Scores of TP = 16/GN tokens x GN heads per step: each q slice is loaded once for TP tokens and
   // the 16 (token, head) dot products are reduced together.
-  template <bool BF16, int GN>
+  template <int CV, int GN>
   static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     constexpr int TP = 16 / GN;  // GN = 3, 5, 6, 7 leave spare lanes of the reduction unused
     int j = 0;
@@ -98,7 +113,7 @@ struct Ops {
         for (int i = 0; i < GN; ++i) qv[i] = _mm512_loadu_ps(q + (g0 + i) * D + c);
         pf.step();
         for (int u = 0; u < TP; ++u) {
-          const __m512 kv = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes) + c);
+          const __m512 kv = cvt<CV>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes), c);
           for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm512_fmadd_ps(qv[i], kv, acc[u * GN + i]);
         }
       }
@@ -112,10 +127,10 @@ struct Ops {
           for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j + u] = live[j + u] ? tmp[u * GN + i] : -INFINITY;
       }
     }
-    if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
+    if (j < n) scores_n<CV, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
-  template <bool BF16, int GN>
+  template <int CV, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int c = 0; c < D; c += 16) {
       __m512 o[GN];
@@ -123,7 +138,7 @@ struct Ops {
       for (int j = 0; j < n; ++j) {
         if (!live[j]) continue;
         pf.step();
-        const __m512 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
+        const __m512 v = cvt<CV>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D, c);
         for (int i = 0; i < GN; ++i) o[i] = _mm512_fmadd_ps(_mm512_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
       }
       for (int i = 0; i < GN; ++i) _mm512_storeu_ps(acc + (g0 + i) * D + c, o[i]);
@@ -131,10 +146,10 @@ struct Ops {
   }
   // V accumulation with SP = 16/GN output slices x GN heads held in registers for a whole chunk,
   // so each probability is broadcast once per pass instead of once per slice.
-  template <bool BF16, int GN>
+  template <int CV, int GN>
   static void accumulate_tr(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     constexpr int SP = 16 / GN;
-    if (D % (SP * 16) != 0) return accumulate_n<BF16, GN>(acc, g0, D, rows, rowBytes, n, live, p, C, pf);
+    if (D % (SP * 16) != 0) return accumulate_n<CV, GN>(acc, g0, D, rows, rowBytes, n, live, p, C, pf);
     for (int c0 = 0; c0 < D; c0 += SP * 16) {
       __m512 o[16];  // [SP slices][GN heads]
       for (int sl = 0; sl < SP; ++sl)
@@ -143,10 +158,10 @@ struct Ops {
         if (!live[j]) continue;
         __m512 pb[GN];
         for (int i = 0; i < GN; ++i) pb[i] = _mm512_set1_ps(p[(g0 + i) * C + j]);
-        const uint16_t* v = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c0;
+        const uint16_t* v = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D;
         pf.step();
         for (int sl = 0; sl < SP; ++sl) {
-          const __m512 vv = cvt<BF16>(v + sl * 16);
+          const __m512 vv = cvt<CV>(v, c0 + sl * 16);
           for (int i = 0; i < GN; ++i) o[sl * GN + i] = _mm512_fmadd_ps(pb[i], vv, o[sl * GN + i]);
         }
       }
@@ -154,15 +169,30 @@ struct Ops {
         for (int i = 0; i < GN; ++i) _mm512_storeu_ps(acc + (g0 + i) * D + c0 + sl * 16, o[sl * GN + i]);
     }
   }
+  template <int CV>
+  static void scores_cv(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
+    for (int g0 = 0; g0 < G; g0 += 8)
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_tr<CV, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf); });
+  }
+  template <int CV>
+  static void accumulate_cv(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
+    for (int g0 = 0; g0 < G; g0 += 8)
+      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_tr<CV, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C, pf); });
+  }
   template <bool BF16>
   static void scores(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
-    for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { scores_tr<BF16, decltype(gn)::value>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf); });
+    scores_cv<BF16 ? kBF16 : kF16>(q, G, D, rows, rowBytes, n, live, scale, s, C, pf);
   }
   template <bool BF16>
   static void accumulate(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
-    for (int g0 = 0; g0 < G; g0 += 8)
-      with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) { accumulate_tr<BF16, decltype(gn)::value>(acc, g0, D, rows, rowBytes, n, live, p, C, pf); });
+    accumulate_cv<BF16 ? kBF16 : kF16>(acc, G, D, rows, rowBytes, n, live, p, C, pf);
+  }
+  // bf16 rows with q and acc in permuted order (kBF16Perm); headDim a multiple of 32.
+  static void scores_bf16p(const float* q, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
+    scores_cv<kBF16Perm>(q, G, D, rows, rowBytes, n, live, scale, s, C, pf);
+  }
+  static void accumulate_bf16p(float* acc, int G, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
+    accumulate_cv<kBF16Perm>(acc, G, D, rows, rowBytes, n, live, p, C, pf);
   }
   static void load_f16(float* d, const uint16_t* s, int n) {
     int i = 0;
