@@ -83,9 +83,9 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     // 9.7/7.8/4.8, L2 at 256 9.0/7.3/4.4 (memcpy 12.3).
     // And the next chunk, already on its way to L2, on into L1 (+2-6% at G1/G4/G8 on the same machine).
     // Both streams go out a line per step of the Ops loops (PrefetchCursor), with floors at the phase
-    // boundaries. C++ harness, same machine, 128 MiB of shuffled blocks, G1/G4/G8 GB/s: all at the chunk's
-    // start 11.4/8.6/5.4; the ahead chunk in thirds at the phase boundaries 15-17/13-14/6.4-7.0; both
-    // streams stepped 24-25/14.7-15.2/8.4-8.8.
+    // boundaries. C++ harness, one thread, 128 MiB of shuffled blocks, bf16 D128, G1/G4/G8 GB/s: on the EPYC
+    // VM, all at the chunk's start 11.4/8.6/5.4; on an H100 Xeon host, the ahead chunk in thirds at the phase
+    // boundaries 13.3-14.5/10.7-10.9/6.5-6.6, both streams stepped 15.8-16.1/12.5/9.0 (memcpy 11.6-13.1).
     kvoff::PrefetchCursor pf;
     {
       const int p1 = p0 + n + kPrefetchAhead;

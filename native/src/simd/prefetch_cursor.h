@@ -7,8 +7,8 @@ namespace kvoff {
 // Two streams a chunk: the chunk kPrefetchAhead tokens on, into L2, and the next chunk (already in
 // L2) on into L1. Each step() of the inner loops sends one line of each, so the misses spread over
 // the chunk's compute. Issued as bursts at phase boundaries they filled the core's miss queue and
-// stalled it (EPYC dev VM, one thread, GQA 8, D 128, shuffled blocks: 6.4-7.0 GB/s in bursts,
-// 8.4-8.8 stepped; memcpy 11-12.5).
+// stalled it (H100 Xeon host, one thread, GQA 8, D128, shuffled blocks: 6.5-6.6 GB/s in bursts, 9.0
+// stepped; memcpy 11.6-13.1).
 struct PrefetchCursor {
   const uint8_t* l2 = nullptr;     // next line of the chunk ahead
   const uint8_t* l2End = nullptr;
