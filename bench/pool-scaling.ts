@@ -5,13 +5,14 @@ import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { HostArena } from '../src/arena.js';
 import { CpuAttentionPool } from '../src/cpu-attention.js';
+import { blockBytes, unitBytes } from '../src/kernels/paged-kv.js';
 import type { KvRegion } from '../src/native.js';
 
 const H = 8; // Llama-3.1-8B's layer: 8 KV heads x head_dim 128, GQA 4, bf16
 const D = 128;
 const G = 4;
 const BLOCK = 16;
-const UNIT = 2 * D * 2; // K and V of one (token, head), bf16
+const UNIT = unitBytes(D); // K and V of one (token, head), bf16
 
 function strings(name: string, fallback: string[]): string[] {
   const i = process.argv.indexOf(name);
@@ -34,9 +35,9 @@ interface Layer {
 
 /** One layer's arena of `mib` MiB, filled with small finite bf16 values (as tune's synthetic KV). */
 function makeLayer(mib: number, pin: boolean): Layer {
-  const blockBytes = H * BLOCK * UNIT;
-  const numBlocks = Math.floor((mib << 20) / blockBytes);
-  const arena = new HostArena(numBlocks * blockBytes, { pin });
+  const block = blockBytes({ numKvHeads: H, blockSize: BLOCK, headDim: D });
+  const numBlocks = Math.floor((mib << 20) / block);
+  const arena = new HostArena(numBlocks * block, { pin });
   arena.write(0, new Uint8Array(arena.bytes).fill(0x3c));
   const region: KvRegion = { handle: arena.handle, offset: 0, numBlocks, numKvHeads: H, headDim: D, blockSize: BLOCK, dtype: 'bf16' };
   return { arena, region, blockIds: Int32Array.from({ length: numBlocks }, (_, i) => i), tokens: numBlocks * BLOCK };

@@ -74,8 +74,6 @@ export interface StepCost {
   missesPerHead: number; // units fetched per (sequence, layer, KV head) each step
 }
 
-/** Bytes of one token-head's K and V in the 16-bit host cache. */
-
 /** The policies that attend every token exactly (the others trade quality for speed or memory). */
 export const LOSSLESS = new Set(['dense', 'cpu', 'offload-layer', 'exact']);
 

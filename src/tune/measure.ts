@@ -13,7 +13,7 @@ import { threadCounts } from '../hardware/memcpy-threads.js';
 import type { Model } from '../model/model.js';
 import { f32ToF16 } from '../kernels/half.js';
 import { native, type KvRegion } from '../native.js';
-import { unitBytes } from '../kernels/paged-kv.js';
+import { blockBytes, unitBytes } from '../kernels/paged-kv.js';
 import { stepCost, type CostConstants, type LowBitRate, type Residual, type ThreadRate, type TuneShape } from './cost-model.js';
 
 /** The share of the top-k assumed to miss each step: not measured up front (it depends on the text); see README. */
@@ -103,12 +103,12 @@ class SyntheticKv {
   readonly tokens: number; // a layer's
 
   constructor(heads: number, headDim: number, blockSize: number, bytes: number, layers: number) {
-    const blockBytes = heads * blockSize * unitBytes(headDim);
-    const numBlocks = Math.max(1, Math.floor(bytes / layers / blockBytes));
-    this.arena = new HostArena(layers * numBlocks * blockBytes, { pin: true });
+    const block = blockBytes({ numKvHeads: heads, blockSize, headDim });
+    const numBlocks = Math.max(1, Math.floor(bytes / layers / block));
+    this.arena = new HostArena(layers * numBlocks * block, { pin: true });
     this.arena.write(0, new Uint8Array(this.arena.bytes).fill(0x3c)); // small finite bf16 values
     this.regions = Array.from({ length: layers }, (_, l) => ({
-      handle: this.arena.handle, offset: l * numBlocks * blockBytes, numBlocks, numKvHeads: heads, headDim, blockSize, dtype: 'bf16' as const,
+      handle: this.arena.handle, offset: l * numBlocks * block, numBlocks, numKvHeads: heads, headDim, blockSize, dtype: 'bf16' as const,
     }));
     this.blockIds = Int32Array.from({ length: numBlocks }, (_, i) => i);
     this.tokens = numBlocks * blockSize;
