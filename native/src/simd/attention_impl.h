@@ -31,11 +31,86 @@ inline void unpermute_blocks(float* x, size_t n) {
   }
 }
 
+// The chunk starting at token p: at most C tokens, never crossing a block boundary. Returns its first
+// K row ([n, 2 (K,V), D] rows follow at 2*D*2 bytes each) and sets *n.
+inline const uint8_t* chunk_rows(const kvoff::AttnTask& t, int p, int C, int* n) {
+  const int bs = t.blockSize, off = p % bs;
+  *n = bs - off;
+  if (*n > C) *n = C;
+  if (*n > t.numTokens - p) *n = t.numTokens - p;
+  const size_t rowBytes = static_cast<size_t>(4) * t.headDim;
+  return t.region + static_cast<size_t>(t.blockIds[p / bs]) * t.blockBytes + (static_cast<size_t>(t.kvHead) * bs + off) * rowBytes;
+}
+
+// The prefetch streams for the chunk that ends before token `next`: the chunk `ahead` tokens on (to L2)
+// and, with l1Stream, the next chunk (to L1).
+inline kvoff::PrefetchCursor chunk_prefetch(const kvoff::AttnTask& t, int next, int C, int ahead, bool l1Stream = true) {
+  const size_t rowBytes = static_cast<size_t>(4) * t.headDim;
+  const int p1 = next + ahead;
+  int n1 = 0, n2 = 0;
+  const uint8_t* far = p1 < t.numTokens ? chunk_rows(t, p1, C, &n1) : nullptr;
+  const uint8_t* soon = l1Stream && next < t.numTokens ? chunk_rows(t, next, C, &n2) : nullptr;
+  kvoff::PrefetchCursor pf;
+  pf.reset(far, static_cast<size_t>(n1) * rowBytes, soon, static_cast<size_t>(n2) * rowBytes);
+  return pf;
+}
+
+// live[j] for the chunk's n tokens from p0, false for the excluded ones (whose scores s [G, C] become
+// -inf); *ex walks the sorted exclusion list across chunks. Returns how many are live.
+inline int mark_live(const kvoff::AttnTask& t, int p0, int n, int* ex, bool* live, float* s, int C) {
+  int nlive = 0;
+  for (int j = 0; j < n; ++j) {
+    const bool skip = *ex < t.numExclude && t.exclude[*ex] == p0 + j;
+    if (skip) ++*ex;
+    live[j] = !skip;
+    nlive += !skip;
+    if (skip)
+      for (int g = 0; g < t.groupSize; ++g) s[g * C + j] = -INFINITY;
+  }
+  return nlive;
+}
+
+// The online softmax step of one chunk: s [G, C] (n valid scores a head) becomes exp(s - m) with m the
+// running max [G], and where a head's max grows its acc slice [D] and running sum l are rescaled.
+template <class Ops>
+inline void softmax_chunk(float* s, int C, int n, int G, float* m, float* l, float* acc, int D) {
+  for (int g = 0; g < G; ++g) {
+    float* sg = s + g * C;
+    const float cm = Ops::max_n(sg, n);
+    const float mn = cm > m[g] ? cm : m[g];
+    if (mn > m[g]) {
+      const float alpha = m[g] == -INFINITY ? 0.f : std::exp(m[g] - mn);
+      Ops::scal(acc + g * D, alpha, D);
+      l[g] *= alpha;
+      m[g] = mn;
+    }
+    // One vector pass: these used to be scalar loops with serial max and sum chains, a tenth of the
+    // kernel's time at GQA 8 (about 30 of 225 cycles a token-head in L2 on the EPYC dev VM).
+    l[g] += Ops::exp_shift_sum(sg, n, mn);
+  }
+}
+
+// out [G, D] = acc / l and lse = m + log l per head; zeros and -inf for a head that attended nothing.
+inline void finish_heads(const kvoff::AttnTask& t, const float* acc, const float* m, const float* l) {
+  const int G = t.groupSize, D = t.headDim;
+  for (int g = 0; g < G; ++g) {
+    float* o = t.out + g * D;
+    if (l[g] == 0.f || m[g] == -INFINITY) {
+      for (int i = 0; i < D; ++i) o[i] = 0.f;
+      t.lse[g] = -INFINITY;
+      continue;
+    }
+    const float inv = 1.f / l[g];
+    for (int i = 0; i < D; ++i) o[i] = acc[g * D + i] * inv;
+    t.lse[g] = m[g] + std::log(l[g]);
+  }
+}
+
 // C tokens a chunk: one max/rescale a chunk instead of a token. attend_head_impl picks C.
 template <class Ops, int C>
 void attend_head_chunks(const kvoff::AttnTask& t) {
   using kvoff::KvDtype;
-  const int D = t.headDim, G = t.groupSize, bs = t.blockSize;
+  const int D = t.headDim, G = t.groupSize;
   constexpr int kPrefetchAhead = KVOFF_PREFETCH_AHEAD;  // tokens between the chunk in use and the one prefetched
   const size_t need = 2 * static_cast<size_t>(G) * D + static_cast<size_t>(G) * C + 2 * static_cast<size_t>(D) + 2 * G + 64;
   float* acc = kvoff::kernel_scratch(need);  // [G, D] unnormalised output
@@ -64,17 +139,9 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     q = qp;
   }
   int ex = 0;
-  // The chunk starting at token p: at most C tokens, never crossing a block boundary.
-  auto chunk = [&](int p, int* n) -> const uint8_t* {
-    const int off = p % bs;
-    *n = bs - off;
-    if (*n > C) *n = C;
-    if (*n > t.numTokens - p) *n = t.numTokens - p;
-    return t.region + static_cast<size_t>(t.blockIds[p / bs]) * t.blockBytes + (static_cast<size_t>(t.kvHead) * bs + off) * rowBytes;
-  };
   for (int p0 = 0; p0 < t.numTokens;) {
     int n;
-    const uint8_t* rows = chunk(p0, &n);
+    const uint8_t* rows = chunk_rows(t, p0, C, &n);
     // Software prefetch of a chunk ahead: the hardware prefetcher alone leaves half the DRAM
     // bandwidth unused here because compute is interleaved with the stream and blocks are scattered.
     // Into L2, not L1 (locality 2): 128 tokens of K+V ahead is 64 KiB at head_dim 128, more than L1
@@ -86,24 +153,9 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     // boundaries. C++ harness, one thread, 128 MiB of shuffled blocks, bf16 D128, G1/G4/G8 GB/s: on the EPYC
     // VM, all at the chunk's start 11.4/8.6/5.4; on an H100 Xeon host, the ahead chunk in thirds at the phase
     // boundaries 13.3-14.5/10.7-10.9/6.5-6.6, both streams stepped 15.8-16.1/12.5/9.0 (memcpy 11.6-13.1).
-    kvoff::PrefetchCursor pf;
-    {
-      const int p1 = p0 + n + kPrefetchAhead;
-      int n1 = 0, n2 = 0;
-      const uint8_t* ahead = p1 < t.numTokens ? chunk(p1, &n1) : nullptr;
-      const uint8_t* soon = p0 + n < t.numTokens ? chunk(p0 + n, &n2) : nullptr;
-      pf.reset(ahead, static_cast<size_t>(n1) * rowBytes, soon, static_cast<size_t>(n2) * rowBytes);
-    }
+    kvoff::PrefetchCursor pf = chunk_prefetch(t, p0 + n, C, kPrefetchAhead);
     bool live[C];
-    int nlive = 0;
-    for (int j = 0; j < n; ++j) {
-      const bool skip = ex < t.numExclude && t.exclude[ex] == p0 + j;
-      if (skip) ++ex;
-      live[j] = !skip;
-      nlive += !skip;
-      if (skip)
-        for (int g = 0; g < G; ++g) s[g * C + j] = -INFINITY;
-    }
+    const int nlive = mark_live(t, p0, n, &ex, live, s, C);
     if (fast) {
       if constexpr (Ops::kPermBf16) {
         if (perm) Ops::scores_bf16p(q, G, D, rows, rowBytes, n, live, t.scale, s, C, pf);
@@ -122,20 +174,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     }
     pf.l2_floor(1);
     if (nlive > 0) {
-      for (int g = 0; g < G; ++g) {
-        float* sg = s + g * C;
-        const float cm = Ops::max_n(sg, n);
-        const float mn = cm > m[g] ? cm : m[g];
-        if (mn > m[g]) {
-          const float alpha = m[g] == -INFINITY ? 0.f : std::exp(m[g] - mn);
-          Ops::scal(acc + g * D, alpha, D);
-          l[g] *= alpha;
-          m[g] = mn;
-        }
-        // One vector pass: these used to be scalar loops with serial max and sum chains, a tenth of the
-        // kernel's time at GQA 8 (about 30 of 225 cycles a token-head in L2 on the EPYC dev VM).
-        l[g] += Ops::exp_shift_sum(sg, n, mn);
-      }
+      softmax_chunk<Ops>(s, C, n, G, m, l, acc, D);
       pf.l2_floor(3);
       if (fast) {
         if constexpr (Ops::kPermBf16) {
@@ -158,17 +197,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     p0 += n;
   }
   if (perm) unpermute_blocks(acc, static_cast<size_t>(G) * D);
-  for (int g = 0; g < G; ++g) {
-    float* o = t.out + g * D;
-    if (l[g] == 0.f || m[g] == -INFINITY) {
-      for (int i = 0; i < D; ++i) o[i] = 0.f;
-      t.lse[g] = -INFINITY;
-      continue;
-    }
-    const float inv = 1.f / l[g];
-    for (int i = 0; i < D; ++i) o[i] = acc[g * D + i] * inv;
-    t.lse[g] = m[g] + std::log(l[g]);
-  }
+  finish_heads(t, acc, m, l);
 }
 
 // 32 tokens a chunk from 8 query heads a KV head, 16 below. The chunk's fixed costs (the softmax of each
