@@ -60,14 +60,6 @@ function cacheSizes(): { l2: number | null; llc: number | null } {
   return { l2, llc };
 }
 
-/** SIMD levels this CPU can run (the same rule as the addon's dispatcher). */
-function simdLevels(): SimdLevel[] {
-  const f = native().buildInfo().cpuFeatures;
-  const levels: SimdLevel[] = ['scalar'];
-  if (f.avx2 && f.fma && f.f16c) levels.push('avx2');
-  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.f16c && f.fma) levels.push('avx512');
-  return levels;
-}
 
 function machineInfo(caches: { l2: number | null; llc: number | null }) {
   const b = native().buildInfo();
@@ -76,7 +68,7 @@ function machineInfo(caches: { l2: number | null; llc: number | null }) {
     cores: os.cpus().length,
     availableParallelism: os.availableParallelism(),
     simd: b.simd,
-    simdLevels: simdLevels(),
+    simdLevels: b.simdLevels,
     l2Bytes: caches.l2,
     llcBytes: caches.llc,
     memoryBytes: os.totalmem(),
@@ -242,7 +234,7 @@ function simdRows(pool: HostArena, sizes: Sizes, copy: (reps: number) => CopyBan
   const initial = native().buildInfo().simd;
   const rows: SimdRow[] = [];
   try {
-    for (const level of simdLevels()) {
+    for (const level of native().buildInfo().simdLevels) {
       native().setSimd({ level });
       const r = measureAttention(pool, representative(sizes), sizes, copy);
       rows.push({ level, attnGBs: r.attnGBs, memcpyGBs: r.memcpyGBs, ratio: r.ratio, speedupOverScalar: 0, timing: r.timing });

@@ -40,13 +40,6 @@ function timeSmall(fn: () => void, reps: number): Timing {
   return { medianMs: t.medianMs / inner, minMs: t.minMs / inner, maxMs: t.maxMs / inner, reps };
 }
 
-function levels(): SimdLevel[] {
-  const f = native().buildInfo().cpuFeatures;
-  const out: SimdLevel[] = ['scalar'];
-  if (f.avx2 && f.fma && f.f16c) out.push('avx2');
-  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq) out.push('avx512');
-  return out;
-}
 
 /** One KV head's low-bit copy of `tokens` random tokens, quantized by the native quantizers; one value group per head. */
 function lowBitHead(s: Shape, tokens: number) {
@@ -109,7 +102,7 @@ function main(): void {
       ];
   const rows: Row[] = [];
   try {
-    for (const s of shapes) for (const level of levels()) rows.push(measure(level, s, tokens, reps));
+    for (const s of shapes) for (const level of native().buildInfo().simdLevels) rows.push(measure(level, s, tokens, reps));
   } finally {
     native().setSimd({ level: 'auto' });
   }

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { KvoffNativeError, fromNativeError } from './errors.js';
 
 export type KvDtype = 'f16' | 'bf16';
-export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
+export type SimdLevel = 'scalar' | 'avx2' | 'avx512' | 'amx';
 
 /** A buffer inside a host arena, usable wherever a kernel takes a typed array. */
 export interface ArenaRef {
@@ -187,7 +187,9 @@ export interface ArenaCreateResult {
 
 export interface BuildInfo {
   simd: SimdLevel;
-  cpuFeatures: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'amx-tile' | 'amx-bf16', boolean>;
+  /** Every level setSimd accepts here, narrowest first (amx also needs the OS to grant the tile state). */
+  simdLevels: SimdLevel[];
+  cpuFeatures: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'avx512bf16' | 'amx-tile' | 'amx-bf16', boolean>;
   cuda: { built: boolean; deviceCount: number; driverVersion: number; runtimeVersion: number; deviceName: string; reason: string };
 }
 

@@ -59,7 +59,7 @@ describe('doctor report', () => {
     }
     expect(r.cpu.cores).toBeGreaterThan(0);
     for (const f of ['avx2', 'fma', 'f16c', 'avx512f', 'avx512bw', 'amx-tile', 'amx-bf16'] as const) expect(typeof r.cpu.features[f]).toBe('boolean');
-    expect(['scalar', 'avx2', 'avx512']).toContain(r.cpu.simd);
+    expect(['scalar', 'avx2', 'avx512', 'amx']).toContain(r.cpu.simd);
   });
 
   it('--backend cuda without a usable GPU is an error that says why; cpu is always allowed', async () => {

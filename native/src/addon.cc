@@ -87,9 +87,13 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("simd", Napi::String::New(env, active_kernels().name));
   Napi::Object feats = Napi::Object::New(env);
-  for (const char* f : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "amx-tile", "amx-bf16"})
+  for (const char* f : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "amx-tile", "amx-bf16"})
     feats.Set(f, Napi::Boolean::New(env, cpu_has(f)));
   o.Set("cpuFeatures", feats);
+  Napi::Array levels = Napi::Array::New(env);
+  for (const char* l : {"scalar", "avx2", "avx512", "amx"})
+    if (simd_supported(l)) levels.Set(levels.Length(), Napi::String::New(env, l));
+  o.Set("simdLevels", levels);
   CudaInfo c = cuda_info();
   Napi::Object cu = Napi::Object::New(env);
   cu.Set("built", Napi::Boolean::New(env, c.built));
@@ -106,8 +110,8 @@ Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   Args a(info, "setSimd");
   Napi::Value v = info[0].As<Napi::Object>().Get("level");
   std::string level = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  if (level != "auto" && level != "scalar" && level != "avx2" && level != "avx512")
-    a.fail("level", "\"auto\", \"scalar\", \"avx2\" or \"avx512\"", describe_value(v));
+  if (level != "auto" && level != "scalar" && level != "avx2" && level != "avx512" && level != "amx")
+    a.fail("level", "\"auto\", \"scalar\", \"avx2\", \"avx512\" or \"amx\"", describe_value(v));
   if (!set_simd(level)) throw_error(a.env(), kErrArg, "Expected a SIMD level this CPU supports for setSimd.level but received \"" + level + "\"");
   return Napi::String::New(a.env(), active_kernels().name);
 }

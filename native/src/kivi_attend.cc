@@ -16,8 +16,8 @@ namespace {
 using KiviAttendFn = void (*)(const KiviAttnTask&);
 KiviAttendFn pick_kernel(size_t D) {
   const KernelTable* t = &active_kernels();
-  if (t == &kernels_avx512() && D % 16 == 0) return kivi_attend_avx512;
-  if ((t == &kernels_avx512() || t == &kernels_avx2()) && D % 8 == 0) return kivi_attend_avx2;
+  if (t->width == SimdWidth::Avx512 && D % 16 == 0) return kivi_attend_avx512;
+  if (t->width != SimdWidth::Scalar && D % 8 == 0) return kivi_attend_avx2;
   return kivi_attend_scalar;
 }
 

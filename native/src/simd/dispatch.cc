@@ -4,6 +4,11 @@
 #include <cstring>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "simd/kernels.h"
 
 namespace kvoff {
@@ -21,6 +26,11 @@ bool cpu_has(const char* f) {
   if (!std::strcmp(f, "avx512bw")) return __builtin_cpu_supports("avx512bw");
   if (!std::strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
   if (!std::strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
+  if (!std::strcmp(f, "avx512bf16")) {
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
+    return (a >> 5) & 1u;
+  }
   if (!std::strcmp(f, "amx-tile") || !std::strcmp(f, "amx-bf16")) {
     unsigned a, b, c, d;
     __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
@@ -45,15 +55,32 @@ float* kernel_scratch(size_t floats) {
   return buf.p;
 }
 
+// Linux keeps the 8 KiB tile state off until a process asks for it (ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA); the grant covers every thread. Refused on older kernels or when a sigaltstack is
+// too small for the larger signal frame; then AMX is simply not offered.
+static bool amx_permitted() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
 static bool supports(const std::string& level) {
   if (level == "scalar") return true;
+  if (level == "amx")
+    return supports("avx512") && cpu_has("avx512bf16") && cpu_has("amx-tile") && cpu_has("amx-bf16") && kernels_amx() && amx_permitted();
   if (level == "avx2") return cpu_has("avx2") && cpu_has("fma") && cpu_has("f16c");
   if (level == "avx512")
     return cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq") && cpu_has("f16c") && cpu_has("fma");
   return false;
 }
 
+bool simd_supported(const std::string& level) { return supports(level); }
+
 static const KernelTable* best() {
+  if (supports("amx")) return kernels_amx();
   if (supports("avx512")) return &kernels_avx512();
   if (supports("avx2")) return &kernels_avx2();
   return &kernels_scalar();
@@ -62,6 +89,7 @@ static const KernelTable* best() {
 static const KernelTable* by_name(const std::string& level) {
   if (level == "auto") return best();
   if (!supports(level)) return nullptr;
+  if (level == "amx") return kernels_amx();
   if (level == "avx512") return &kernels_avx512();
   if (level == "avx2") return &kernels_avx2();
   return &kernels_scalar();

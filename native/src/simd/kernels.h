@@ -28,9 +28,13 @@ struct AttnTask {
   float* lse;                // [groupSize] natural-log sum of exp(scaled scores); -inf when empty
 };
 
+// Vector width of a table, for the kernels outside it (KIVI) that follow the active level.
+enum class SimdWidth { Scalar, Avx2, Avx512 };
+
 struct KernelTable {
   const char* name;
   void (*attend_head)(const AttnTask& task);
+  SimdWidth width;
 };
 
 // Per-thread fp32 scratch, grown on demand. Lives in the scalar TU so that no std:: template is
@@ -40,11 +44,15 @@ float* kernel_scratch(size_t floats);
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+// AVX-512 plus AMX tiles for bf16 attention at GQA 4..16; null where the compiler could not build it.
+const KernelTable* kernels_amx();
 
-// The table in use; set_simd("auto" | "scalar" | "avx2" | "avx512") changes it for the whole
-// process (all worker threads). Returns false if the CPU lacks the asked-for level.
+// The table in use; set_simd("auto" | "scalar" | "avx2" | "avx512" | "amx") changes it for the whole
+// process (all worker threads). Returns false if the CPU (or the OS, for AMX) lacks the asked-for level.
 const KernelTable& active_kernels();
 bool set_simd(const std::string& level);
-bool cpu_has(const char* feature);  // "avx2", "avx512f", "f16c", "fma", "avx512bw", "amx-tile"
+bool cpu_has(const char* feature);  // "avx2", "avx512f", "f16c", "fma", "avx512bw", "avx512bf16", "amx-tile", ...
+// Whether set_simd(level) would succeed here.
+bool simd_supported(const std::string& level);
 
 }  // namespace kvoff

@@ -173,7 +173,7 @@ struct Ops {
 
 namespace kvoff {
 const KernelTable& kernels_avx2() {
-  static const KernelTable table{"avx2", &kvoff_avx2::attend_head_impl<kvoff_avx2::Ops>};
+  static const KernelTable table{"avx2", &kvoff_avx2::attend_head_impl<kvoff_avx2::Ops>, SimdWidth::Avx2};
   return table;
 }
 }  // namespace kvoff

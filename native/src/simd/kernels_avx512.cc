@@ -257,11 +257,32 @@ struct Ops {
   }
 };
 #include "simd/attention_impl.h"
+
+// AMX needs GCC 11 / clang 12 for the tile intrinsics; the functions that use them carry their own target
+// attribute, so this TU's flags stay those of every AVX-512 CPU.
+#if defined(__linux__) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define KVOFF_HAVE_AMX 1
+#include "simd/attention_amx.h"
+// The AMX path where the task fits it (bf16, head_dim a multiple of 32, GQA 4..16), AVX-512 otherwise.
+static void attend_head_amx(const kvoff::AttnTask& t) {
+  if (amx::eligible(t)) amx::attend_head<Ops>(t);
+  else attend_head_impl<Ops>(t);
+}
+#endif
 }  // namespace kvoff_avx512
 
 namespace kvoff {
 const KernelTable& kernels_avx512() {
-  static const KernelTable table{"avx512", &kvoff_avx512::attend_head_impl<kvoff_avx512::Ops>};
+  static const KernelTable table{"avx512", &kvoff_avx512::attend_head_impl<kvoff_avx512::Ops>, SimdWidth::Avx512};
   return table;
+}
+const KernelTable* kernels_amx() {
+#if KVOFF_HAVE_AMX
+  static const KernelTable table{"amx", &kvoff_avx512::attend_head_amx, SimdWidth::Avx512};
+  return &table;
+#else
+  return nullptr;
+#endif
 }
 }  // namespace kvoff

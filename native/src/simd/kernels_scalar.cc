@@ -40,7 +40,7 @@ struct Ops {
 
 namespace kvoff {
 const KernelTable& kernels_scalar() {
-  static const KernelTable table{"scalar", &kvoff_scalar::attend_head_impl<kvoff_scalar::Ops>};
+  static const KernelTable table{"scalar", &kvoff_scalar::attend_head_impl<kvoff_scalar::Ops>, SimdWidth::Scalar};
   return table;
 }
 }  // namespace kvoff
