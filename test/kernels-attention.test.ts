@@ -70,12 +70,13 @@ cases.push({ groupSize: 8, headDim: 64, numKvHeads: 2, blockSize: 64, numTokens:
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 1, blockSize: 32, numTokens: 97, dtype: 'f16', magnitude: 1, excludeFraction: 0.5 });
 cases.push({ groupSize: 16, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'f16', magnitude: 1, excludeFraction: 0.1 });
 cases.push({ groupSize: 8, headDim: 64, numKvHeads: 2, blockSize: 32, numTokens: 611, dtype: 'bf16', magnitude: 1, excludeFraction: 0.05 });
-// The AMX path (bf16, head_dim a multiple of 32, GQA 4..16) where the CPU has it: 16-token tile runs with
-// AVX-512 tails (blocks of 8 are all tail, blocks of 16 all tiles), one 32-channel block, GQA 16, head_dim 256.
+// The AMX path where the CPU has it (bf16, head_dim a multiple of 32, GQA 8 at head_dim <= 64 or GQA 12-16):
+// 16-token tile runs with AVX-512 tails (blocks of 8 are all tail, blocks of 16 all tiles), one 32-channel
+// block, GQA 12 and 16 at head_dim 128.
 cases.push({ groupSize: 16, headDim: 128, numKvHeads: 1, blockSize: 64, numTokens: 300, dtype: 'bf16', magnitude: 1, excludeFraction: 0.2 });
-cases.push({ groupSize: 5, headDim: 32, numKvHeads: 2, blockSize: 16, numTokens: 45, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
-cases.push({ groupSize: 8, headDim: 256, numKvHeads: 1, blockSize: 8, numTokens: 50, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
-cases.push({ groupSize: 4, headDim: 128, numKvHeads: 2, blockSize: 32, numTokens: 129, dtype: 'bf16', magnitude: 1, excludeFraction: 0.5 });
+cases.push({ groupSize: 8, headDim: 32, numKvHeads: 2, blockSize: 16, numTokens: 45, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
+cases.push({ groupSize: 8, headDim: 64, numKvHeads: 1, blockSize: 8, numTokens: 50, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
+cases.push({ groupSize: 12, headDim: 128, numKvHeads: 2, blockSize: 32, numTokens: 129, dtype: 'bf16', magnitude: 1, excludeFraction: 0.5 });
 // Values near the top of each format's range: fp16 near its max 65504, bf16 far beyond fp16's.
 cases.push({ groupSize: 4, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'f16', magnitude: 2e4, excludeFraction: 0 });
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'bf16', magnitude: 1e16, excludeFraction: 0 });

@@ -1,4 +1,4 @@
-// AMX attention for bf16 KV at GQA 4..16: the q.K scores and the p.V sums run on the tile unit (TDPBF16PS),
+// AMX attention for bf16 KV at large GQA groups (see eligible): the q.K scores and the p.V sums run on the tile unit (TDPBF16PS),
 // the softmax and the data layout on AVX-512. Included into the AVX-512 TU, inside its namespace, after
 // attention_impl.h. Only called once the dispatcher has the OS's permission for the tile state.
 #pragma once
@@ -32,11 +32,15 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-#ifndef KVOFF_AMX_MIN_GROUP
-#define KVOFF_AMX_MIN_GROUP 8
-#endif
+// Where the tiles won: one thread on H100 hosts, 128 MiB of shuffled bf16 blocks, the C++ harness in two
+// device runs, ratios to memcpy, AMX against AVX-512 in the same run. GQA 8 at head_dim 64: 0.78-0.82 / 0.59
+// and 1.11-1.18 / 0.65-0.75; GQA 16 at 128: 0.75-0.77 / 0.46 and 0.46-0.47 / 0.37. GQA 8 at 128 traded
+// places (0.84-0.85 / 0.74, then 0.55-0.57 / 0.75-0.76) and GQA 4, 6 and 7 lost or tied (GQA 4 at 128:
+// 0.85-0.87 / 0.94-0.96, 0.60-0.66 / 1.12-1.15), so those stay on AVX-512. GQA 12-15 are in by
+// interpolation: AVX-512's work grows with G, the tiles' scores do not.
 inline bool eligible(const kvoff::AttnTask& t) {
-  return t.dtype == kvoff::KvDtype::BF16 && t.headDim % 32 == 0 && t.groupSize >= KVOFF_AMX_MIN_GROUP && t.groupSize <= 16;
+  if (t.dtype != kvoff::KvDtype::BF16 || t.headDim % 32 != 0 || t.groupSize > 16) return false;
+  return t.groupSize >= 12 || (t.groupSize >= 8 && t.headDim <= 64);
 }
 
 // x as the sum of `terms` bf16 parts, for the first n (<= 32) of 32 values (the rest 0): each part but the
@@ -206,7 +210,7 @@ KVOFF_AMX_FN static inline void tile_values(float* acc, int D, const uint16_t* v
   }
 }
 
-// One KV head's attention for a GQA group of 4..16 over bf16 blocks, 32-token chunks as attend_head_chunks.
+// One KV head's attention for a GQA group of up to 16 over bf16 blocks, 32-token chunks as attend_head_chunks.
 // Whole 16-token runs of a chunk take their scores from the tiles; a shorter tail takes Ops' AVX-512 scores.
 // q is split into three bf16 parts (all of its fp32 bits: with two, scores of magnitude 30 were off by
 // 2e-4 of the output), the probabilities into two (they are in [0, 1], and a third part changed nothing
@@ -236,9 +240,10 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
   for (int p0 = 0; p0 < t.numTokens;) {
     int n;
     const uint8_t* rows = chunk_rows(t, p0, C, &n);
-    // Only the L2 stream, in eighths of the chunk ahead at the phase boundaries and through the V layout: the
-    // tile loads read L2 well, and the L1 stream's extra prefetches cost more than they gave. H100 host,
-    // one thread, 128 MiB of shuffled blocks, GB/s with / without the L1 stream: G8 D64 ... 
+    // Only the L2 stream, in eighths of the chunk ahead at the phase boundaries and through the V layout (the
+    // tile loop has too few steps to send it a line a step). One H100 host run, harness as in eligible(),
+    // ratio to memcpy with / without the L1 stream (both in eighths): G8 D128 0.82-0.83 / 0.84-0.85, G16 D128
+    // 0.58-0.59 / 0.75-0.77; with one line a step as AVX-512 does: 0.65-0.66 / 0.51-0.52 (G8 D128 / G16).
     kvoff::PrefetchCursor pf = chunk_prefetch(t, p0 + n, C, KVOFF_PREFETCH_AHEAD, false);
     bool live[C];
     const int nlive = mark_live(t, p0, n, &ex, live, s, C);

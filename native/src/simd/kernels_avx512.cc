@@ -264,7 +264,7 @@ struct Ops {
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define KVOFF_HAVE_AMX 1
 #include "simd/attention_amx.h"
-// The AMX path where the task fits it (bf16, head_dim a multiple of 32, GQA 4..16), AVX-512 otherwise.
+// The AMX path where it wins (amx::eligible: bf16, GQA 8 at head_dim <= 64, GQA 12-16), AVX-512 otherwise.
 static void attend_head_amx(const kvoff::AttnTask& t) {
   if (amx::eligible(t)) amx::attend_head<Ops>(t);
   else attend_head_impl<Ops>(t);

@@ -1,0 +1,72 @@
+// One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
+// bf16 K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
+// Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+#include <sys/mman.h>
+#include "simd/kernels.h"
+int main() {
+  const int H = 8, BS = getenv("BS") ? atoi(getenv("BS")) : 32;
+  const bool amxOk = kvoff::simd_supported("amx");
+  printf("amx supported: %d\n", amxOk);
+  double mc;
+  {
+    size_t mb = size_t(256) << 20;
+    char* a = (char*)mmap(nullptr, mb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char* b = (char*)mmap(nullptr, mb, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(a, 1, mb); memset(b, 2, mb);
+    std::vector<double> ts;
+    for (int r = 0; r < 7; r++) { auto t0 = std::chrono::steady_clock::now(); memcpy(b, a, mb); ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()); }
+    std::sort(ts.begin(), ts.end());
+    mc = mb / ts[3] / 1e9;
+    printf("memcpy %.2f GB/s\n", mc);
+    munmap(a, mb); munmap(b, mb);
+  }
+  const char* only = getenv("ONLY");
+  int shapes[][2] = {{8, 64}, {8, 128}, {7, 64}, {7, 128}, {6, 128}, {5, 128}, {4, 64}, {4, 128}, {16, 64}, {16, 128}, {1, 128}};
+  for (auto& sh : shapes) {
+    const int G = sh[0], D = sh[1];
+    if (only && !strstr((std::string(",") + only + ",").c_str(), ("," + std::to_string(G * 1000 + D) + ",").c_str())) continue;
+    const size_t target = size_t(getenv("MB") ? atoi(getenv("MB")) : 128) << 20;
+    const size_t blockBytes = size_t(H) * BS * 2 * D * 2;
+    const int nb = int(target / blockBytes), tokens = nb * BS;
+    const size_t bytes = nb * blockBytes;
+    uint16_t* reg = (uint16_t*)mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    madvise(reg, bytes, MADV_HUGEPAGE);
+    for (size_t i = 0; i < bytes / 2; i++) reg[i] = 0x3c00 + (i * 7919 % 512);
+    std::vector<int32_t> ids(nb);
+    for (int i = 0; i < nb; i++) ids[i] = i;
+    std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
+    std::vector<float> q(H * G * D), out(H * G * D), lse(H * G);
+    for (size_t i = 0; i < q.size(); i++) q[i] = std::sin(float(i)) * 0.1f;
+    for (const char* tab : {"avx512", "amx", "avx512", "amx"}) {
+      const kvoff::KernelTable* kt = !strcmp(tab, "amx") ? (amxOk ? kvoff::kernels_amx() : nullptr) : &kvoff::kernels_avx512();
+      if (!kt) continue;
+      auto call = [&]() {
+        for (int h = 0; h < H; h++) {
+          kvoff::AttnTask t{reinterpret_cast<const uint8_t*>(reg), blockBytes, BS, D, kvoff::KvDtype::BF16, ids.data(), tokens, nullptr, 0, h, G, q.data() + h * G * D, 0.088f, out.data() + h * G * D, lse.data() + h * G};
+          kt->attend_head(t);
+        }
+      };
+      call();
+      std::vector<double> ts;
+      for (int r = 0; r < 9; r++) {
+        auto t0 = std::chrono::steady_clock::now();
+        call();
+        ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ts.begin(), ts.end());
+      const double s = ts[4], gbs = bytes / s / 1e9;
+      printf("%-6s G%-2d D%-3d bs%d: %6.2f GB/s  ratio %.2f  %.1f ns/token  (o %.5f lse %.5f)\n", tab, G, D, BS, gbs, gbs / mc, s * 1e9 / (double(tokens) * H), out[5], lse[3]);
+      fflush(stdout);
+    }
+    munmap(reg, bytes);
+  }
+}
