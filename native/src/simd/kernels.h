@@ -44,7 +44,8 @@ float* kernel_scratch(size_t floats);
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
-// AVX-512 plus AMX tiles for bf16 attention at GQA 4..16; null where the compiler could not build it.
+// AVX-512 plus AMX tiles for bf16 attention at large GQA groups (amx::eligible); null where the compiler
+// could not build it.
 const KernelTable* kernels_amx();
 
 // The table in use; set_simd("auto" | "scalar" | "avx2" | "avx512" | "amx") changes it for the whole
