@@ -32,11 +32,12 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// Where the tiles won: one thread on H100 hosts, 128 MiB of shuffled bf16 blocks, the C++ harness in two
-// device runs, ratios to memcpy, AMX against AVX-512 in the same run. GQA 8 at head_dim 64: 0.78-0.82 / 0.59
-// and 1.11-1.18 / 0.65-0.75; GQA 16 at 128: 0.75-0.77 / 0.46 and 0.46-0.47 / 0.37. GQA 8 at 128 traded
-// places (0.84-0.85 / 0.74, then 0.55-0.57 / 0.75-0.76) and GQA 4, 6 and 7 lost or tied (GQA 4 at 128:
-// 0.85-0.87 / 0.94-0.96, 0.60-0.66 / 1.12-1.15), so those stay on AVX-512. GQA 12-15 are in by
+// Where the tiles won: one thread on H100 hosts, 128 MiB of shuffled bf16 blocks, the C++ harness
+// (bench/native/attention-harness.cc), ratios to memcpy, AMX / AVX-512 in the same run, three device runs.
+// GQA 8 at head_dim 64: 0.78-0.82 / 0.59, 1.11-1.18 / 0.65-0.75, 0.74-0.82 / 0.67-0.69; GQA 16 at 128:
+// 0.75-0.77 / 0.46, 0.46-0.47 / 0.37, 0.73 / 0.41-0.45; GQA 12 at 128: 0.75-0.79 / 0.54-0.55. GQA 8 at 128
+// traded places (0.84-0.85 / 0.74, then 0.55-0.57 / 0.75-0.76) and GQA 4, 6 and 7 lost or tied (GQA 4 at
+// 128: 0.85-0.87 / 0.94-0.96, 0.60-0.66 / 1.12-1.15), so those stay on AVX-512. GQA 13-15 are in by
 // interpolation: AVX-512's work grows with G, the tiles' scores do not.
 inline bool eligible(const kvoff::AttnTask& t) {
   if (t.dtype != kvoff::KvDtype::BF16 || t.headDim % 32 != 0 || t.groupSize > 16) return false;
