@@ -60,7 +60,6 @@ function cacheSizes(): { l2: number | null; llc: number | null } {
   return { l2, llc };
 }
 
-
 function machineInfo(caches: { l2: number | null; llc: number | null }) {
   const b = native().buildInfo();
   return {

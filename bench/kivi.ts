@@ -40,7 +40,6 @@ function timeSmall(fn: () => void, reps: number): Timing {
   return { medianMs: t.medianMs / inner, minMs: t.minMs / inner, maxMs: t.maxMs / inner, reps };
 }
 
-
 /** One KV head's low-bit copy of `tokens` random tokens, quantized by the native quantizers; one value group per head. */
 function lowBitHead(s: Shape, tokens: number) {
   const D = s.headDim;

@@ -77,6 +77,9 @@ cases.push({ groupSize: 16, headDim: 128, numKvHeads: 1, blockSize: 64, numToken
 cases.push({ groupSize: 8, headDim: 32, numKvHeads: 2, blockSize: 16, numTokens: 45, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
 cases.push({ groupSize: 8, headDim: 64, numKvHeads: 1, blockSize: 8, numTokens: 50, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
 cases.push({ groupSize: 12, headDim: 128, numKvHeads: 2, blockSize: 32, numTokens: 129, dtype: 'bf16', magnitude: 1, excludeFraction: 0.5 });
+// ...and at both ends of bf16's range: q's three bf16 parts and the probabilities' two must stay exact there.
+cases.push({ groupSize: 8, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'bf16', magnitude: 1e16, excludeFraction: 0 });
+cases.push({ groupSize: 16, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 40, dtype: 'bf16', magnitude: 1e-30, excludeFraction: 0 });
 // Values near the top of each format's range: fp16 near its max 65504, bf16 far beyond fp16's.
 cases.push({ groupSize: 4, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'f16', magnitude: 2e4, excludeFraction: 0 });
 cases.push({ groupSize: 8, headDim: 128, numKvHeads: 2, blockSize: 16, numTokens: 40, dtype: 'bf16', magnitude: 1e16, excludeFraction: 0 });
