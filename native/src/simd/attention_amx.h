@@ -70,17 +70,6 @@ inline int tile_column_channel(int n) {
   return 8 * (c >> 2) + 4 * hiHalf + (c & 3);
 }
 
-// acc [G, D] from the value tiles' column order back to channel order.
-inline void unpermute_columns(float* acc, int G, int D) {
-  float tmp[32];
-  for (int g = 0; g < G; ++g)
-    for (int b = 0; b < D; b += 32) {
-      float* x = acc + static_cast<size_t>(g) * D + b;
-      for (int n = 0; n < 32; ++n) tmp[tile_column_channel(n)] = x[n];
-      for (int n = 0; n < 32; ++n) x[n] = tmp[n];
-    }
-}
-
 // q [G, D] as the scores' B tiles, one set a part: qt [terms, D/32 blocks, 16 channel pairs, G heads, 2].
 KVOFF_AMX_FN static inline void q_tiles(const float* q, int G, int D, int terms, uint16_t* split, uint16_t* qt) {
   const size_t gd = static_cast<size_t>(G) * D;
@@ -270,7 +259,7 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
     p0 += n;
   }
   _tile_release();
-  unpermute_columns(acc, G, D);
+  unpermute_blocks(acc, gd, tile_column_channel);
   finish_heads(t, acc, m, l);
 }
 

@@ -20,14 +20,15 @@ inline void permute_blocks(float* dst, const float* src, size_t n) {
       dst[b + 16 + i] = src[b + 2 * i + 1];
     }
 }
-inline void unpermute_blocks(float* x, size_t n) {
+// Channel of entry i (0..31) of a block in that order.
+inline int bf16_perm_channel(int i) { return i < 16 ? 2 * i : 2 * (i - 16) + 1; }
+// n floats (a multiple of 32) from a per-32-block order back to channel order: entry i of each block goes
+// to channel channelOf(i). Shared by the permuted-bf16 order and the AMX value tiles' column order.
+inline void unpermute_blocks(float* x, size_t n, int (*channelOf)(int)) {
   float tmp[32];
   for (size_t b = 0; b < n; b += 32) {
-    for (int i = 0; i < 32; ++i) tmp[i] = x[b + i];
-    for (int i = 0; i < 16; ++i) {
-      x[b + 2 * i] = tmp[i];
-      x[b + 2 * i + 1] = tmp[16 + i];
-    }
+    for (int i = 0; i < 32; ++i) tmp[channelOf(i)] = x[b + i];
+    for (int i = 0; i < 32; ++i) x[b + i] = tmp[i];
   }
 }
 
@@ -196,7 +197,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     pf.flush();  // an all-excluded chunk still sends both streams on their way
     p0 += n;
   }
-  if (perm) unpermute_blocks(acc, static_cast<size_t>(G) * D);
+  if (perm) unpermute_blocks(acc, static_cast<size_t>(G) * D, bf16_perm_channel);
   finish_heads(t, acc, m, l);
 }
 
