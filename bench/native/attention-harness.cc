@@ -1,6 +1,6 @@
 // One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
 // bf16 K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
-// Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16]
+// Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16] [DT=f16]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +14,8 @@
 #include "simd/kernels.h"
 int main() {
   const int H = 8, BS = getenv("BS") ? atoi(getenv("BS")) : 32;
+  const bool f16 = getenv("DT") && !strcmp(getenv("DT"), "f16");
+  const kvoff::KvDtype dt = f16 ? kvoff::KvDtype::F16 : kvoff::KvDtype::BF16;
   const bool amxOk = kvoff::simd_supported("amx");
   printf("amx supported: %d\n", amxOk);
   double mc;
@@ -40,6 +42,7 @@ int main() {
     const size_t bytes = nb * blockBytes;
     uint16_t* reg = (uint16_t*)mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     madvise(reg, bytes, MADV_HUGEPAGE);
+    // 1.0..1.25 as f16 (0x3c00..), 0.008..0.03 as bf16: no subnormals either way.
     for (size_t i = 0; i < bytes / 2; i++) reg[i] = 0x3c00 + (i * 7919 % 512);
     std::vector<int32_t> ids(nb);
     for (int i = 0; i < nb; i++) ids[i] = i;
@@ -51,7 +54,7 @@ int main() {
       if (!kt) continue;
       auto call = [&]() {
         for (int h = 0; h < H; h++) {
-          kvoff::AttnTask t{reinterpret_cast<const uint8_t*>(reg), blockBytes, BS, D, kvoff::KvDtype::BF16, ids.data(), tokens, nullptr, 0, h, G, q.data() + h * G * D, 0.088f, out.data() + h * G * D, lse.data() + h * G};
+          kvoff::AttnTask t{reinterpret_cast<const uint8_t*>(reg), blockBytes, BS, D, dt, ids.data(), tokens, nullptr, 0, h, G, q.data() + h * G * D, 0.088f, out.data() + h * G * D, lse.data() + h * G};
           kt->attend_head(t);
         }
       };
@@ -64,7 +67,7 @@ int main() {
       }
       std::sort(ts.begin(), ts.end());
       const double s = ts[4], gbs = bytes / s / 1e9;
-      printf("%-6s G%-2d D%-3d bs%d: %6.2f GB/s  ratio %.2f  %.1f ns/token  (o %.5f lse %.5f)\n", tab, G, D, BS, gbs, gbs / mc, s * 1e9 / (double(tokens) * H), out[5], lse[3]);
+      printf("%-6s %s G%-2d D%-3d bs%d: %6.2f GB/s  ratio %.2f  %.1f ns/token  (o %.5f lse %.5f)\n", tab, f16 ? "f16" : "bf16", G, D, BS, gbs, gbs / mc, s * 1e9 / (double(tokens) * H), out[5], lse[3]);
       fflush(stdout);
     }
     munmap(reg, bytes);
