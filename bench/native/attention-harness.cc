@@ -1,5 +1,5 @@
 // One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
-// bf16 K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
+// bf16 (DT=f16: fp16) K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
 // Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16] [DT=f16]
 #include <algorithm>
 #include <chrono>
@@ -42,7 +42,7 @@ int main() {
     const size_t bytes = nb * blockBytes;
     uint16_t* reg = (uint16_t*)mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     madvise(reg, bytes, MADV_HUGEPAGE);
-    // 1.0..1.25 as f16 (0x3c00..), 0.008..0.03 as bf16: no subnormals either way.
+    // 1.0..1.5 as f16, 0.0078..0.125 as bf16: no subnormals either way.
     for (size_t i = 0; i < bytes / 2; i++) reg[i] = 0x3c00 + (i * 7919 % 512);
     std::vector<int32_t> ids(nb);
     for (int i = 0; i < nb; i++) ids[i] = i;
