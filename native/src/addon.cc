@@ -91,7 +91,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
     feats.Set(f, Napi::Boolean::New(env, cpu_has(f)));
   o.Set("cpuFeatures", feats);
   Napi::Array levels = Napi::Array::New(env);
-  for (const char* l : {"scalar", "avx2", "avx512", "amx"})
+  for (const char* l : kSimdLevels)
     if (simd_supported(l)) levels.Set(levels.Length(), Napi::String::New(env, l));
   o.Set("simdLevels", levels);
   CudaInfo c = cuda_info();
@@ -110,8 +110,9 @@ Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   Args a(info, "setSimd");
   Napi::Value v = info[0].As<Napi::Object>().Get("level");
   std::string level = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  if (level != "auto" && level != "scalar" && level != "avx2" && level != "avx512" && level != "amx")
-    a.fail("level", "\"auto\", \"scalar\", \"avx2\", \"avx512\" or \"amx\"", describe_value(v));
+  bool known = level == "auto";
+  for (const char* l : kSimdLevels) known = known || level == l;
+  if (!known) a.fail("level", "\"auto\", \"scalar\", \"avx2\", \"avx512\" or \"amx\"", describe_value(v));
   if (!set_simd(level)) throw_error(a.env(), kErrArg, "Expected a SIMD level this CPU supports for setSimd.level but received \"" + level + "\"");
   return Napi::String::New(a.env(), active_kernels().name);
 }

@@ -13,29 +13,26 @@
 
 namespace kvoff {
 
+// Bit `bit` of register `reg` (0..3: eax, ebx, ecx, edx) of CPUID leaf/subleaf: for the features that
+// __builtin_cpu_supports does not name on every compiler in use.
+static bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit) {
+  unsigned r[4];
+  __asm__("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+  return (r[reg] >> bit) & 1u;
+}
+
 bool cpu_has(const char* f) {
   __builtin_cpu_init();
   if (!std::strcmp(f, "avx2")) return __builtin_cpu_supports("avx2");
   if (!std::strcmp(f, "fma")) return __builtin_cpu_supports("fma");
-  if (!std::strcmp(f, "f16c")) {
-    unsigned a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-    return (c >> 29) & 1u;
-  }
+  if (!std::strcmp(f, "f16c")) return cpuid_bit(1, 0, 2, 29);
   if (!std::strcmp(f, "avx512f")) return __builtin_cpu_supports("avx512f");
   if (!std::strcmp(f, "avx512bw")) return __builtin_cpu_supports("avx512bw");
   if (!std::strcmp(f, "avx512vl")) return __builtin_cpu_supports("avx512vl");
   if (!std::strcmp(f, "avx512dq")) return __builtin_cpu_supports("avx512dq");
-  if (!std::strcmp(f, "avx512bf16")) {
-    unsigned a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
-    return (a >> 5) & 1u;
-  }
-  if (!std::strcmp(f, "amx-tile") || !std::strcmp(f, "amx-bf16")) {
-    unsigned a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    return !std::strcmp(f, "amx-tile") ? ((d >> 24) & 1u) : ((d >> 22) & 1u);
-  }
+  if (!std::strcmp(f, "avx512bf16")) return cpuid_bit(7, 1, 0, 5);
+  if (!std::strcmp(f, "amx-tile")) return cpuid_bit(7, 0, 3, 24);
+  if (!std::strcmp(f, "amx-bf16")) return cpuid_bit(7, 0, 3, 22);
   return false;
 }
 
@@ -67,32 +64,34 @@ static bool amx_permitted() {
 #endif
 }
 
-static bool supports(const std::string& level) {
+bool simd_supported(const std::string& level) {
   if (level == "scalar") return true;
   if (level == "amx")
-    return supports("avx512") && cpu_has("avx512bf16") && cpu_has("amx-tile") && cpu_has("amx-bf16") && kernels_amx() && amx_permitted();
+    return simd_supported("avx512") && cpu_has("avx512bf16") && cpu_has("amx-tile") && cpu_has("amx-bf16") && kernels_amx() && amx_permitted();
   if (level == "avx2") return cpu_has("avx2") && cpu_has("fma") && cpu_has("f16c");
   if (level == "avx512")
     return cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq") && cpu_has("f16c") && cpu_has("fma");
   return false;
 }
 
-bool simd_supported(const std::string& level) { return supports(level); }
+// The table of a level, whether or not this CPU can run it (null: amx not built).
+static const KernelTable* table_of(const std::string& level) {
+  if (level == "amx") return kernels_amx();
+  if (level == "avx512") return &kernels_avx512();
+  if (level == "avx2") return &kernels_avx2();
+  return &kernels_scalar();
+}
 
+// The widest level this CPU runs.
 static const KernelTable* best() {
-  if (supports("amx")) return kernels_amx();
-  if (supports("avx512")) return &kernels_avx512();
-  if (supports("avx2")) return &kernels_avx2();
+  for (int i = kNumSimdLevels - 1; i > 0; --i)
+    if (simd_supported(kSimdLevels[i])) return table_of(kSimdLevels[i]);
   return &kernels_scalar();
 }
 
 static const KernelTable* by_name(const std::string& level) {
   if (level == "auto") return best();
-  if (!supports(level)) return nullptr;
-  if (level == "amx") return kernels_amx();
-  if (level == "avx512") return &kernels_avx512();
-  if (level == "avx2") return &kernels_avx2();
-  return &kernels_scalar();
+  return simd_supported(level) ? table_of(level) : nullptr;
 }
 
 static std::atomic<const KernelTable*> g_active{nullptr};

@@ -53,7 +53,9 @@ const KernelTable* kernels_amx();
 const KernelTable& active_kernels();
 bool set_simd(const std::string& level);
 bool cpu_has(const char* feature);  // "avx2", "avx512f", "f16c", "fma", "avx512bw", "avx512bf16", "amx-tile", ...
-// Whether set_simd(level) would succeed here.
+// Every level's name, narrowest first; simd_supported says which this machine runs (set_simd(level) succeeds).
+inline constexpr const char* kSimdLevels[] = {"scalar", "avx2", "avx512", "amx"};
+inline constexpr int kNumSimdLevels = 4;
 bool simd_supported(const std::string& level);
 
 }  // namespace kvoff
