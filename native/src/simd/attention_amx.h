@@ -167,6 +167,11 @@ KVOFF_AMX_FN static inline void configure(int G) {
   _tile_loadconfig(&cfg);
 }
 
+// acc [n] += x [n], n a multiple of 16.
+static inline void add_into(float* acc, const float* x, size_t n) {
+  for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_loadu_ps(x + i)));
+}
+
 // Scores of 16 whole tokens from row0 into sbuf [16, G]: S = sum over 32-channel blocks and q's parts of K.q_k.
 template <int QT>
 KVOFF_AMX_FN static inline void tile_scores(const uint8_t* row0, size_t rowBytes, int G, int D, const uint16_t* qt, float* sbuf) {
@@ -182,22 +187,22 @@ KVOFF_AMX_FN static inline void tile_scores(const uint8_t* row0, size_t rowBytes
   _tile_stored(KVOFF_T_S, sbuf, G * 4);
 }
 
-// acc [G, D] (tile column order) += P [G, 32] x the chunk's value tiles vt, P's two parts already in the P
+// csum [G, D] (tile column order) = P [G, 32] x the chunk's value tiles vt, P's two parts already in the P
 // tiles. Two column groups at a time (O/V and O2/V2), so that one group's sums overlap the other's loads
-// and stores.
-KVOFF_AMX_FN static inline void tile_values(float* acc, int D, const uint16_t* vt) {
+// and stores. The caller adds csum to the running sum: one rounding into it a chunk, as the AVX-512 kernel.
+KVOFF_AMX_FN static inline void tile_values(float* csum, int D, const uint16_t* vt) {
   const int stride = D * 4;
   for (int cg = 0; cg < D / 16; cg += 2) {
-    _tile_loadd(KVOFF_T_O, acc + cg * 16, stride);
-    _tile_loadd(KVOFF_T_O2, acc + (cg + 1) * 16, stride);
+    _tile_zero(KVOFF_T_O);
+    _tile_zero(KVOFF_T_O2);
     _tile_loadd(KVOFF_T_V, vt + cg * 16 * 32, 64);
     _tile_loadd(KVOFF_T_K, vt + (cg + 1) * 16 * 32, 64);
     _tile_dpbf16ps(KVOFF_T_O, KVOFF_T_PHI, KVOFF_T_V);
     _tile_dpbf16ps(KVOFF_T_O2, KVOFF_T_PHI, KVOFF_T_K);
     _tile_dpbf16ps(KVOFF_T_O, KVOFF_T_PLO, KVOFF_T_V);
     _tile_dpbf16ps(KVOFF_T_O2, KVOFF_T_PLO, KVOFF_T_K);
-    _tile_stored(KVOFF_T_O, acc + cg * 16, stride);
-    _tile_stored(KVOFF_T_O2, acc + (cg + 1) * 16, stride);
+    _tile_stored(KVOFF_T_O, csum + cg * 16, stride);
+    _tile_stored(KVOFF_T_O2, csum + (cg + 1) * 16, stride);
   }
 }
 
@@ -214,8 +219,9 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
   const size_t rowBytes = static_cast<size_t>(4) * D;
   // In floats, every part a multiple of 16, so each starts 64-byte aligned.
   const size_t gd = static_cast<size_t>(G) * D;
-  float* acc = kvoff::kernel_scratch(gd + 2 * G * C + 32 + QT * gd + PT * G * 16 + 16 * static_cast<size_t>(D));
-  float* s = acc + gd;                                     // [G, C] scores, then probabilities
+  float* acc = kvoff::kernel_scratch(2 * gd + 2 * G * C + 32 + QT * gd + PT * G * 16 + 16 * static_cast<size_t>(D));
+  float* csum = acc + gd;                                  // [G, D] one chunk's value sums
+  float* s = csum + gd;                                    // [G, C] scores, then probabilities
   float* sbuf = s + G * C;                                 // [C, G] scores as the tiles give them
   float* m = sbuf + G * C;                                 // [16] running max
   float* l = m + 16;                                       // [16] running sum of exp
@@ -253,7 +259,8 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
       v_tiles(rows, rowBytes, D, n, live, vt, pf);
       _tile_loadd(KVOFF_T_PHI, pt, 64);
       _tile_loadd(KVOFF_T_PLO, pt + G * 32, 64);
-      tile_values(acc, D, vt);
+      tile_values(csum, D, vt);
+      add_into(acc, csum, gd);
     }
     pf.flush();
     p0 += n;

@@ -120,7 +120,8 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
   float* vf = kf + D;            // [D] one V row in fp32
   float* m = vf + D;             // [G] running max
   float* l = m + G;              // [G] running sum of exp
-  float* qp = l + G;             // [G, D] q in the permuted bf16 order, when used
+  float* qp = l + G;             // [G, D] q in the permuted bf16 order, when used (fast path only)
+  float* csum = qp;              // [G, D] one chunk's value sums (the other path), added to acc once a chunk
   for (int i = 0; i < G * D; ++i) acc[i] = 0.f;
   for (int g = 0; g < G; ++g) { m[g] = -INFINITY; l[g] = 0.f; }
 
@@ -186,12 +187,16 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
           else Ops::template accumulate<false>(acc, G, D, rows, rowBytes, n, live, s, C, pf);
         }
       } else {
+        // Summed from zero over the chunk and added to acc once, as the SIMD value sums are: one rounding into the
+        // long sum a chunk, not a token.
+        for (int i = 0; i < G * D; ++i) csum[i] = 0.f;
         for (int j = 0; j < n; ++j) {
           if (!live[j]) continue;
           const uint16_t* v = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D;
           if (bf16) Ops::load_bf16(vf, v, D); else Ops::load_f16(vf, v, D);
-          for (int g = 0; g < G; ++g) Ops::axpy(acc + g * D, s[g * C + j], vf, D);
+          for (int g = 0; g < G; ++g) Ops::axpy(csum + g * D, s[g * C + j], vf, D);
         }
+        for (int g = 0; g < G; ++g) Ops::axpy(acc + g * D, 1.f, csum + g * D, D);
       }
     }
     pf.flush();  // an all-excluded chunk still sends both streams on their way

@@ -71,19 +71,20 @@ struct Ops {
     }
     if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
-  // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk.
+  // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk, summed from
+  // zero and added to acc once (one rounding into the long sum a chunk, as the AVX-512 kernel).
   template <bool BF16, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
     for (int c = 0; c < D; c += 8) {
       __m256 o[GN];
-      for (int i = 0; i < GN; ++i) o[i] = _mm256_loadu_ps(acc + (g0 + i) * D + c);
+      for (int i = 0; i < GN; ++i) o[i] = _mm256_setzero_ps();
       for (int j = 0; j < n; ++j) {
         if (!live[j]) continue;
         pf.step();
         const __m256 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
         for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
       }
-      for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, o[i]);
+      for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, _mm256_add_ps(_mm256_loadu_ps(acc + (g0 + i) * D + c), o[i]));
     }
   }
   template <bool BF16>
