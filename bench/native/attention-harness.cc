@@ -1,6 +1,8 @@
 // One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
 // bf16 (DT=f16: fp16) K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
 // Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16] [DT=f16]
+// Each row ends with KV head 0's error: its largest difference from an fp64 reference, relative. XF=-DKVOFF_AMX_EMULATE runs the amx
+// table on scalar tile stand-ins (amx_emulate.h) on any AVX-512-BF16 CPU: a check of the AMX code, not a timing.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,7 +18,11 @@ int main() {
   const int H = 8, BS = getenv("BS") ? atoi(getenv("BS")) : 32;
   const bool f16 = getenv("DT") && !strcmp(getenv("DT"), "f16");
   const kvoff::KvDtype dt = f16 ? kvoff::KvDtype::F16 : kvoff::KvDtype::BF16;
+#ifdef KVOFF_AMX_EMULATE  // XF=-DKVOFF_AMX_EMULATE: the amx table on scalar tile stand-ins, to check it without AMX
+  const bool amxOk = true;
+#else
   const bool amxOk = kvoff::simd_supported("amx");
+#endif
   printf("amx supported: %d\n", amxOk);
   double mc;
   {
@@ -49,6 +55,29 @@ int main() {
     std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
     std::vector<float> q(H * G * D), out(H * G * D), lse(H * G);
     for (size_t i = 0; i < q.size(); i++) q[i] = std::sin(float(i)) * 0.1f;
+    // fp64 reference of KV head 0's output [G, D], two passes (max, then sums), to check each table against.
+    std::vector<double> ref(G * D, 0.0);
+    {
+      auto row = [&](int p, int kv) {  // token p's K (kv 0) or V (kv 1) row of head 0
+        return reg + (size_t(ids[p / BS]) * blockBytes + (size_t(p % BS) * 2 + kv) * D * 2) / 2;
+      };
+      std::vector<double> sc(size_t(tokens) * G), sum(G, 0.0), mx(G, -INFINITY);
+      for (int p = 0; p < tokens; p++)
+        for (int g = 0; g < G; g++) {
+          double d = 0;
+          for (int c = 0; c < D; c++) d += double(q[g * D + c]) * kvoff::half_to_f32(row(p, 0)[c], dt);
+          sc[size_t(p) * G + g] = d * 0.088f;
+          mx[g] = std::max(mx[g], sc[size_t(p) * G + g]);
+        }
+      for (int p = 0; p < tokens; p++)
+        for (int g = 0; g < G; g++) {
+          const double e = std::exp(sc[size_t(p) * G + g] - mx[g]);
+          sum[g] += e;
+          for (int c = 0; c < D; c++) ref[g * D + c] += e * kvoff::half_to_f32(row(p, 1)[c], dt);
+        }
+      for (int g = 0; g < G; g++)
+        for (int c = 0; c < D; c++) ref[g * D + c] /= sum[g];
+    }
     for (const char* tab : {"avx512", "amx", "avx512", "amx"}) {
       const kvoff::KernelTable* kt = !strcmp(tab, "amx") ? (amxOk ? kvoff::kernels_amx() : nullptr) : &kvoff::kernels_avx512();
       if (!kt) continue;
@@ -67,7 +96,9 @@ int main() {
       }
       std::sort(ts.begin(), ts.end());
       const double s = ts[4], gbs = bytes / s / 1e9;
-      printf("%-6s %s G%-2d D%-3d bs%d: %6.2f GB/s  ratio %.2f  %.1f ns/token  (o %.5f lse %.5f)\n", tab, f16 ? "f16" : "bf16", G, D, BS, gbs, gbs / mc, s * 1e9 / (double(tokens) * H), out[5], lse[3]);
+      double err = 0, rmax = 0;  // head 0: largest difference from the fp64 reference, relative to its largest value
+      for (int i = 0; i < G * D; i++) err = std::max(err, std::fabs(out[i] - ref[i])), rmax = std::max(rmax, std::fabs(ref[i]));
+      printf("%-6s %s G%-2d D%-3d bs%d: %6.2f GB/s  ratio %.2f  %.1f ns/token  (o %.5f lse %.5f, error %.1e)\n", tab, f16 ? "f16" : "bf16", G, D, BS, gbs, gbs / mc, s * 1e9 / (double(tokens) * H), out[5], lse[3], err / rmax);
       fflush(stdout);
     }
     munmap(reg, bytes);

@@ -7,6 +7,10 @@
 
 #include <cstdint>
 
+#ifdef KVOFF_AMX_EMULATE
+#include "simd/amx_emulate.h"
+#endif
+
 #define KVOFF_AMX_FN __attribute__((target("amx-tile,amx-bf16,avx512bf16")))
 
 // Tile registers by role (plain numbers: the intrinsics paste them into the instruction text).

@@ -55,7 +55,7 @@ float* kernel_scratch(size_t floats) {
 // Linux keeps the 8 KiB tile state off until a process asks for it (ARCH_REQ_XCOMP_PERM for
 // XFEATURE_XTILEDATA); the grant covers every thread. Refused on older kernels or when a sigaltstack is
 // too small for the larger signal frame; then AMX is simply not offered.
-static bool amx_permitted() {
+[[maybe_unused]] static bool amx_permitted() {  // unused in an emulated check build
 #if defined(__linux__) && defined(__x86_64__)
   static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
   return ok;
@@ -67,7 +67,11 @@ static bool amx_permitted() {
 bool simd_supported(const std::string& level) {
   if (level == "scalar") return true;
   if (level == "amx")
+#ifdef KVOFF_AMX_EMULATE  // a check build (CXXFLAGS=-DKVOFF_AMX_EMULATE) whose tiles are scalar stand-ins (amx_emulate.h)
+    return simd_supported("avx512") && cpu_has("avx512bf16") && kernels_amx();
+#else
     return simd_supported("avx512") && cpu_has("avx512bf16") && cpu_has("amx-tile") && cpu_has("amx-bf16") && kernels_amx() && amx_permitted();
+#endif
   if (level == "avx2") return cpu_has("avx2") && cpu_has("fma") && cpu_has("f16c");
   if (level == "avx512")
     return cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq") && cpu_has("f16c") && cpu_has("fma");
