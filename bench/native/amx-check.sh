@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the attention tests' amx level on a CPU without AMX: builds the addon once more in a scratch directory with
 # the tile instructions replaced by scalar stand-ins (native/src/simd/amx_emulate.h), then runs the given test files
-# (default test/kernels-attention.test.ts) against it. Needs AVX-512 with BF16 (the path's own vector code) and
-# about 5 minutes on 2 cores, after npm install and npm run build. A check of the AMX code's logic, not of its speed or of the tile unit's rounding.
+# (default test/kernels-attention.test.ts) against it. Needs AVX-512 with BF16 (the path's own vector code), npm
+# install and npm run build first, and about 5 minutes on 2 cores. A check of the AMX code's logic, not of its speed
+# or of the tile unit's rounding.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD

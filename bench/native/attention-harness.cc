@@ -1,8 +1,9 @@
 // One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
 // bf16 (DT=f16: fp16) K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
 // Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16] [DT=f16]
-// Each row ends with KV head 0's error: its largest difference from an fp64 reference, relative. XF=-DKVOFF_AMX_EMULATE runs the amx
-// table on scalar tile stand-ins (amx_emulate.h) on any AVX-512-BF16 CPU: a check of the AMX code, not a timing.
+// Each row ends with KV head 0's error: its largest difference from an fp64 reference, relative to the largest
+// value. XF=-DKVOFF_AMX_EMULATE runs the amx table on scalar tile stand-ins (amx_emulate.h) on any AVX-512-BF16 CPU:
+// a check of the AMX code, not a timing.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -1,6 +1,8 @@
 // Scalar stand-ins for the AMX tile intrinsics, so the AMX attention code can be checked on a CPU without tiles.
-// Only the attention harness builds with it (XF=-DKVOFF_AMX_EMULATE); the addon never does. Included by
-// attention_amx.h after <immintrin.h>, whose tile macros it replaces.
+// Only check builds define KVOFF_AMX_EMULATE (the attention harness with XF=-DKVOFF_AMX_EMULATE, and
+// bench/native/amx-check.sh); the addon's own build never does. Included by attention_amx.h after <immintrin.h>,
+// whose tile macros it replaces. Plain fp32 arithmetic: the tile unit's own rounding and its flushing of
+// subnormal inputs are not modelled.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -37,7 +39,7 @@ inline void stored(int t, void* base, long stride) {
   for (int r = 0; r < tiles[t].rows; ++r) std::memcpy(static_cast<uint8_t*>(base) + r * stride, tiles[t].data[r], tiles[t].colsb);
 }
 inline void zero(int t) { std::memset(tiles[t].data, 0, sizeof tiles[t].data); }
-// C [M, N] fp32 += A [M, K pairs of bf16] x B [K rows, N pairs of bf16], pairs summed first as the hardware does.
+// C [M, N] fp32 += A [M, K pairs of bf16] x B [K rows, N pairs of bf16], each pair's two products summed first.
 inline void dpbf16ps(int c, int a, int b) {
   Tile &C = tiles[c], &A = tiles[a], &B = tiles[b];
   for (int m = 0; m < C.rows; ++m)
