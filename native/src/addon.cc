@@ -111,8 +111,12 @@ Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   Napi::Value v = info[0].As<Napi::Object>().Get("level");
   std::string level = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
   bool known = level == "auto";
-  for (const char* l : kSimdLevels) known = known || level == l;
-  if (!known) a.fail("level", "\"auto\", \"scalar\", \"avx2\", \"avx512\" or \"amx\"", describe_value(v));
+  std::string expected = "\"auto\"";
+  for (int i = 0; i < kNumSimdLevels; ++i) {
+    known = known || level == kSimdLevels[i];
+    expected += std::string(i + 1 < kNumSimdLevels ? ", \"" : " or \"") + kSimdLevels[i] + "\"";
+  }
+  if (!known) a.fail("level", expected, describe_value(v));
   if (!set_simd(level)) throw_error(a.env(), kErrArg, "Expected a SIMD level this CPU supports for setSimd.level but received \"" + level + "\"");
   return Napi::String::New(a.env(), active_kernels().name);
 }

@@ -171,11 +171,6 @@ KVOFF_AMX_FN static inline void configure(int G) {
   _tile_loadconfig(&cfg);
 }
 
-// acc [n] += x [n], n a multiple of 16.
-static inline void add_into(float* acc, const float* x, size_t n) {
-  for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_loadu_ps(x + i)));
-}
-
 // Scores of 16 whole tokens from row0 into sbuf [16, G]: S = sum over 32-channel blocks and q's parts of K.q_k.
 template <int QT>
 KVOFF_AMX_FN static inline void tile_scores(const uint8_t* row0, size_t rowBytes, int G, int D, const uint16_t* qt, float* sbuf) {
@@ -264,7 +259,7 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
       _tile_loadd(KVOFF_T_PHI, pt, 64);
       _tile_loadd(KVOFF_T_PLO, pt + G * 32, 64);
       tile_values(csum, D, vt);
-      add_into(acc, csum, gd);
+      Ops::axpy(acc, 1.f, csum, static_cast<int>(gd));
     }
     pf.flush();
     p0 += n;
