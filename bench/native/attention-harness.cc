@@ -1,6 +1,7 @@
 // One-thread timing of the attention kernel tables (avx512, then amx where the CPU and OS allow it), 8 KV heads of
 // bf16 (DT=f16: fp16) K/V in shuffled blocks (128 MiB by default: from DRAM), with single-thread memcpy measured first.
 // Build and run: bash bench/native/attention-harness.sh [ONLY=8064,16128] [MB=1 for K/V in L2] [BS=16] [DT=f16]
+// [TABLES=avx2,avx512]
 // Each row ends with KV head 0's error: its largest difference from an fp64 reference, relative to the largest
 // value. XF=-DKVOFF_AMX_EMULATE runs the amx table on scalar tile stand-ins (amx_emulate.h) on any AVX-512-BF16 CPU:
 // a check of the AMX code, not a timing.
@@ -79,8 +80,19 @@ int main() {
       for (int g = 0; g < G; g++)
         for (int c = 0; c < D; c++) ref[g * D + c] /= sum[g];
     }
-    for (const char* tab : {"avx512", "amx", "avx512", "amx"}) {
-      const kvoff::KernelTable* kt = !strcmp(tab, "amx") ? (amxOk ? kvoff::kernels_amx() : nullptr) : &kvoff::kernels_avx512();
+    // TABLES=avx2 (or any of avx2, avx512, amx, comma-separated): the tables to time, each twice, alternating.
+    const std::string tables = getenv("TABLES") ? getenv("TABLES") : "avx512,amx";
+    std::vector<std::string> order;
+    for (int rep = 0; rep < 2; rep++)
+      for (size_t a = 0; a <= tables.size();) {
+        const size_t b = std::min(tables.find(',', a), tables.size());
+        if (b > a) order.push_back(tables.substr(a, b - a));
+        a = b + 1;
+      }
+    for (const std::string& name : order) {
+      const char* tab = name.c_str();
+      const kvoff::KernelTable* kt = !strcmp(tab, "amx") ? (amxOk ? kvoff::kernels_amx() : nullptr)
+                                     : !strcmp(tab, "avx2") ? &kvoff::kernels_avx2() : &kvoff::kernels_avx512();
       if (!kt) continue;
       auto call = [&]() {
         for (int h = 0; h < H; h++) {

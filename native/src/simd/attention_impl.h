@@ -20,6 +20,13 @@ inline void permute_blocks(float* dst, const float* src, size_t n) {
       dst[b + 16 + i] = src[b + 2 * i + 1];
     }
 }
+// q [G, D] as [D/L blocks, G, L] (D a multiple of L): the L channels from c of every head side by side, for Ops
+// with kBlockedQ.
+inline void block_q(float* dst, const float* q, int G, int D, int L) {
+  for (int c = 0; c < D; c += L)
+    for (int g = 0; g < G; ++g)
+      for (int l = 0; l < L; ++l) dst[c * G + g * L + l] = q[g * D + c + l];
+}
 // Channel of entry i (0..31) of a block in that order.
 inline int bf16_perm_channel(int i) { return i < 16 ? 2 * i : 2 * (i - 16) + 1; }
 // n floats (a multiple of 32) from a per-32-block order back to channel order: entry i of each block goes
@@ -120,7 +127,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
   float* vf = kf + D;            // [D] one V row in fp32
   float* m = vf + D;             // [G] running max
   float* l = m + G;              // [G] running sum of exp
-  float* qp = l + G;             // [G, D] q in the permuted bf16 order, when used (fast path only)
+  float* qp = l + G;             // [G, D] q permuted (bf16) or blocked (kBlockedQ), when used (fast path only)
   float* csum = qp;              // [G, D] one chunk's value sums (the other path), added to acc once a chunk
   for (int i = 0; i < G * D; ++i) acc[i] = 0.f;
   for (int g = 0; g < G; ++g) { m[g] = -INFINITY; l[g] = 0.f; }
@@ -139,6 +146,12 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
   if (perm) {
     permute_blocks(qp, t.q, static_cast<size_t>(G) * D);
     q = qp;
+  }
+  if constexpr (Ops::kBlockedQ) {
+    if (fast) {
+      block_q(qp, t.q, G, D, Ops::kLanes);
+      q = qp;
+    }
   }
   int ex = 0;
   for (int p0 = 0; p0 < t.numTokens;) {

@@ -20,6 +20,9 @@ static inline float hsum(__m256 v) {
 struct Ops {
   static constexpr int kLanes = 8;
   static constexpr bool kPermBf16 = false;  // no permuted-bf16 entry points (see the AVX-512 Ops)
+  // scores take q blocked, [D/8, G, 8] (attention_impl.h's block_q): every head's load is one pointer plus a
+  // constant, where G row pointers spilled out of x86's 16 registers at GQA 8.
+  static constexpr bool kBlockedQ = true;
   template <bool BF16>
   static inline __m256 cvt(const uint16_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -27,17 +30,19 @@ struct Ops {
     return _mm256_cvtph_ps(h);
   }
   // s[g*C + j] = scale * q_g . K_j for GN query heads starting at g0; each K row is converted once.
+  // q is blocked (kBlockedQ): [D/8, G, 8], so q_g's channels c..c+7 are at q + c*G + g*8.
   template <bool BF16, int GN>
-  static void scores_n(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
+  static void scores_n(const float* q, int G, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     for (int j = 0; j < n; ++j) {
       if (!live[j]) continue;
       const uint16_t* k = reinterpret_cast<const uint16_t*>(rows + j * rowBytes);
       __m256 acc[GN];
       for (int i = 0; i < GN; ++i) acc[i] = _mm256_setzero_ps();
       for (int c = 0; c < D; c += 8) {
-        pf.step();
+        if ((c & 31) == 0) pf.step();
         const __m256 kv = cvt<BF16>(k + c);
-        for (int i = 0; i < GN; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + i) * D + c), kv, acc[i]);
+        const float* qc = q + c * G + g0 * 8;
+        for (int i = 0; i < GN; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(qc + i * 8), kv, acc[i]);
       }
       for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j] = hsum(acc[i]) * scale;
     }
@@ -51,17 +56,19 @@ struct Ops {
   }
   // Scores of TP = 8/GN tokens x GN heads per step, reduced together (GN = 1, 2, 4 or 8).
   template <bool BF16, int GN>
-  static void scores_tr(const float* q, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
+  static void scores_tr(const float* q, int G, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     constexpr int TP = 8 / GN;
     int j = 0;
     for (; j + TP <= n; j += TP) {
       __m256 acc[8];
       for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
       for (int c = 0; c < D; c += 8) {
-        pf.step();
+        if ((c & 31) == 0)  // a line of each stream a token and 32 channels: with the value sums' steps, all of them
+          for (int u = 0; u < TP; ++u) pf.step();
+        const float* qc = q + c * G + g0 * 8;
         for (int u = 0; u < TP; ++u) {
           const __m256 kv = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes) + c);
-          for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + i) * D + c), kv, acc[u * GN + i]);
+          for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm256_fmadd_ps(_mm256_loadu_ps(qc + i * 8), kv, acc[u * GN + i]);
         }
       }
       alignas(32) float tmp[8];
@@ -69,22 +76,36 @@ struct Ops {
       for (int u = 0; u < TP; ++u)
         for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j + u] = live[j + u] ? tmp[u * GN + i] : -INFINITY;
     }
-    if (j < n) scores_n<BF16, GN>(q, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
+    if (j < n) scores_n<BF16, GN>(q, G, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk, summed from
-  // zero and added to acc once (one rounding into the long sum a chunk, as the AVX-512 kernel).
+  // zero and added to acc once (one rounding into the long sum a chunk, as the AVX-512 kernel). The live tokens'
+  // V rows and probabilities are gathered first, pt [live tokens, GN], so that each broadcast is one pointer plus a
+  // constant: p[(g0 + i) * C + j] took an index computation a broadcast.
   template <bool BF16, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
-    for (int c = 0; c < D; c += 8) {
-      __m256 o[GN];
-      for (int i = 0; i < GN; ++i) o[i] = _mm256_setzero_ps();
-      for (int j = 0; j < n; ++j) {
+    constexpr int kMax = 32;  // tokens a pass; chunks are at most 32
+    for (int j0 = 0; j0 < n; j0 += kMax) {
+      const int m = n - j0 < kMax ? n - j0 : kMax;
+      alignas(32) float pt[kMax * GN];
+      const uint16_t* vrow[kMax];
+      int nl = 0;
+      for (int j = j0; j < j0 + m; ++j) {
         if (!live[j]) continue;
-        pf.step();
-        const __m256 v = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D + c);
-        for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_set1_ps(p[(g0 + i) * C + j]), v, o[i]);
+        vrow[nl] = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D;
+        for (int i = 0; i < GN; ++i) pt[nl * GN + i] = p[(g0 + i) * C + j];
+        ++nl;
       }
-      for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, _mm256_add_ps(_mm256_loadu_ps(acc + (g0 + i) * D + c), o[i]));
+      for (int c = 0; c < D; c += 8) {
+        __m256 o[GN];
+        for (int i = 0; i < GN; ++i) o[i] = _mm256_setzero_ps();
+        for (int t = 0; t < nl; ++t) {
+          if ((c & 31) == 0) pf.step();
+          const __m256 v = cvt<BF16>(vrow[t] + c);
+          for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(pt + t * GN + i), v, o[i]);
+        }
+        for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, _mm256_add_ps(_mm256_loadu_ps(acc + (g0 + i) * D + c), o[i]));
+      }
     }
   }
   template <bool BF16>
@@ -92,8 +113,8 @@ struct Ops {
     for (int g0 = 0; g0 < G; g0 += 8)
       with_gn(G - g0 >= 8 ? 8 : G - g0, [&](auto gn) {
         constexpr int gnv = decltype(gn)::value;
-        if constexpr (8 % gnv == 0) scores_tr<BF16, gnv>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
-        else scores_n<BF16, gnv>(q, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
+        if constexpr (8 % gnv == 0) scores_tr<BF16, gnv>(q, G, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
+        else scores_n<BF16, gnv>(q, G, g0, D, rows, rowBytes, n, live, scale, s, C, pf);
       });
   }
   template <bool BF16>
