@@ -147,11 +147,9 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     permute_blocks(qp, t.q, static_cast<size_t>(G) * D);
     q = qp;
   }
-  if constexpr (Ops::kBlockedQ) {
-    if (fast) {
-      block_q(qp, t.q, G, D, Ops::kLanes);
-      q = qp;
-    }
+  if (Ops::kBlockedQ && fast && !perm) {  // the permuted-bf16 scores take q unblocked
+    block_q(qp, t.q, G, D, Ops::kLanes);
+    q = qp;
   }
   int ex = 0;
   for (int p0 = 0; p0 < t.numTokens;) {

@@ -9,6 +9,7 @@
 
 namespace kvoff_avx2 {
 #include "simd/with_gn.h"
+#include "simd/live_rows.h"
 static inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   lo = _mm_add_ps(lo, hi);
@@ -80,22 +81,13 @@ struct Ops {
   }
   // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk, summed from
   // zero and added to acc once (one rounding into the long sum a chunk, as the AVX-512 kernel). The live tokens'
-  // V rows and probabilities are gathered first, pt [live tokens, GN], so that each broadcast is one pointer plus a
-  // constant: p[(g0 + i) * C + j] took an index computation a broadcast.
+  // V rows and probabilities are gathered first (gather_live).
   template <bool BF16, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
-    constexpr int kMax = 32;  // tokens a pass; chunks are at most 32
-    for (int j0 = 0; j0 < n; j0 += kMax) {
-      const int m = n - j0 < kMax ? n - j0 : kMax;
-      alignas(32) float pt[kMax * GN];
-      const uint16_t* vrow[kMax];
-      int nl = 0;
-      for (int j = j0; j < j0 + m; ++j) {
-        if (!live[j]) continue;
-        vrow[nl] = reinterpret_cast<const uint16_t*>(rows + j * rowBytes) + D;
-        for (int i = 0; i < GN; ++i) pt[nl * GN + i] = p[(g0 + i) * C + j];
-        ++nl;
-      }
+    for (int j0 = 0; j0 < n; j0 += kMaxLive) {
+      alignas(32) float pt[kMaxLive * GN];
+      const uint16_t* vrow[kMaxLive];
+      const int nl = gather_live<GN>(rows, rowBytes, D, j0, n - j0 < kMaxLive ? n - j0 : kMaxLive, live, p, g0, C, vrow, pt);
       for (int c = 0; c < D; c += 8) {
         __m256 o[GN];
         for (int i = 0; i < GN; ++i) o[i] = _mm256_setzero_ps();
