@@ -1,5 +1,6 @@
 // The live tokens of a run of at most kMaxLive, gathered for the value sums: their V rows and, token-major, the
-// probabilities of GN query heads. Included inside each ISA's namespace (no intrinsics here).
+// probabilities of GN query heads. Included inside an ISA's namespace (the AVX2 kernels, and the AVX-512 patch in
+// bench/native); no intrinsics here.
 #pragma once
 constexpr int kMaxLive = 32;
 // From tokens [j0, j0 + m) (m <= kMaxLive): vrow[t] = token's V row (D values after its K row), pt [t, GN] = p of
