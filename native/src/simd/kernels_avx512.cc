@@ -21,7 +21,7 @@ struct Ops {
   // sums are unchanged.
   static constexpr int kBF16Perm = 2;
   static constexpr bool kPermBf16 = true;
-  static constexpr bool kBlockedQ = false;  // q in its own layout (32 registers hold the row pointers)
+  static constexpr bool kBlockedQ = false;  // blocked q is unmeasured here: bench/native/avx512-blocked-q-experiment.patch
   // Channels [c, c + 16) of the row at base, in CV's order (c a multiple of 16).
   template <int CV>
   static inline __m512 cvt(const uint16_t* base, int c) {
