@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvoffArgumentError, KvoffCapacityError } from '../src/errors.js';
 import { runEval } from '../src/eval/run-eval.js';
 import { createEngine, loadModel, type Model } from '../src/index.js';
+import { withKvTape, type Kv } from './kv-tape.js';
 import { runPreAttention } from '../src/model/onnx/session.js';
 import { positionRange, ropeTables } from '../src/model/rope.js';
 import { partialWeights } from '../src/policies/infinigen-calibrate.js';
@@ -37,8 +38,9 @@ async function run(opts: Record<string, unknown>, text = prompt) {
 }
 
 let dense: Awaited<ReturnType<typeof run>>;
+const denseKv: Kv[] = []; // replayed where a run is compared with dense to fp32 rounding (kv-tape.ts)
 beforeAll(async () => {
-  dense = await run({ policy: 'dense' });
+  dense = await withKvTape(demo, { record: denseKv }, () => run({ policy: 'dense' }));
 }, 60_000);
 
 describe('infinigen on the demo model', () => {
@@ -101,7 +103,7 @@ describe('infinigen on the demo model', () => {
   }, 30_000);
 
   it('with topK covering the whole context it equals dense', async () => {
-    const r = await run({ policy: 'infinigen', topK: 4096 });
+    const r = await withKvTape(demo, { replay: denseKv }, () => run({ policy: 'infinigen', topK: 4096 }));
     expect(r.steps.map((s) => s.token)).toEqual(dense.steps.map((s) => s.token));
     for (let i = 0; i < STEPS; i++) expect(errOverRange(r.steps[i].logits, dense.steps[i].logits)).toBeLessThanOrEqual(1e-5);
   }, 30_000);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvoffArgumentError, KvoffCapacityError } from '../src/errors.js';
 import { createEngine, loadModel, type Model } from '../src/index.js';
+import { withKvTape, type Kv } from './kv-tape.js';
 import { errOverRange } from './helpers.js';
 
 let demo: Model;
@@ -32,8 +33,9 @@ async function run(opts: Record<string, unknown>, text = prompt) {
 }
 
 let dense: Awaited<ReturnType<typeof run>>;
+const denseKv: Kv[] = []; // replayed where a run is compared with dense to fp32 rounding (kv-tape.ts)
 beforeAll(async () => {
-  dense = await run({ policy: 'dense' });
+  dense = await withKvTape(demo, { record: denseKv }, () => run({ policy: 'dense' }));
 }, 60_000);
 
 /** Worst errOverRange of a run's logits against dense's, step by step. */
@@ -78,13 +80,13 @@ describe('retrieval, merging and quantization policies on the demo model', () =>
     // 2 bits drift further: on the first decode step (same context as dense) 0.33 against 4 bits' 1.4e-2.
     const two = await run({ policy: 'kivi', bits: 2, window: 32 });
     expect(errOverRange(two.steps[1].logits, dense.steps[1].logits)).toBeGreaterThan(errOverRange(four.steps[1].logits, dense.steps[1].logits));
-    const exact = await run({ policy: 'kivi', bits: 2, window: 1024 });
+    const exact = await withKvTape(demo, { replay: denseKv }, () => run({ policy: 'kivi', bits: 2, window: 1024 }));
     expect(worstErr(exact)).toBeLessThanOrEqual(1e-5);
   }, 30_000);
 
   it('quest with every page, sparq with k over the context and kvmerger with room for all equal dense', async () => {
     for (const opts of [{ policy: 'quest', pages: 1000 }, { policy: 'sparq', k: 4096 }, { policy: 'kvmerger' }]) {
-      const r = await run(opts);
+      const r = await withKvTape(demo, { replay: denseKv }, () => run(opts));
       expect(r.steps.map((s) => s.token), JSON.stringify(opts)).toEqual(dense.steps.map((s) => s.token));
       expect(worstErr(r), JSON.stringify(opts)).toBeLessThanOrEqual(1e-5);
     }
