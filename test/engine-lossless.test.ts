@@ -58,9 +58,9 @@ describe.each(['random', 'demo'])('lossless policies on the %s model', (name) =>
       for (const budget of [min, 4 * min + 1000, undefined]) {
         // exact sums each query's attention in two parts (hot set, CPU part) merged by LSE: the same value as dense,
         // rounded differently in the last bits of fp32. From layer 1 on, the K and V a step writes inherit that, and
-        // storing them in bf16 can round one element to the neighbouring bf16 value (2^-8 relative) where dense
-        // rounded it down: seen once in 30 prompts of 8 steps on the demo model, moving later logits by 3e-5 to
-        // 7.5e-5 of their range. So exact takes dense's K and V (replayed; its own must agree to fp32 rounding):
+        // storing them in bf16 can round one element to the other of its two nearest bf16 values (a step of 2^-8 to
+        // 2^-7 of it) than dense did: seen in 1 of 30 prompts of 8 steps on the demo model, where it moved later
+        // logits by up to 7.5e-5 of their range (and in this test's prompt on an AVX2-only CPU, 2.8e-5). So exact takes dense's K and V (replayed; its own must agree to fp32 rounding):
         // the same bytes in the cache, and then the bound is the tight one. Its attention is held against fp64
         // over the same bytes in split-attention.test.ts; here the unreplayed run must still pick dense's tokens.
         const r = policy === 'exact' ? await withKvTape(model, { replay: tape }, () => run(model, policy, prompt, budget)) : await run(model, policy, prompt, budget);
