@@ -65,6 +65,11 @@ cases.push({ groupSize: 4, headDim: 24, numKvHeads: 2, blockSize: 5, numTokens: 
 cases.push({ groupSize: 3, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 37, dtype: 'bf16', magnitude: 1, excludeFraction: 0.2 });
 cases.push({ groupSize: 6, headDim: 128, numKvHeads: 1, blockSize: 16, numTokens: 50, dtype: 'f16', magnitude: 1, excludeFraction: 0 });
 cases.push({ groupSize: 12, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'bf16', magnitude: 1, excludeFraction: 0.1 });
+// Below GQA 8 the AVX2 value sums take 8/G slices of 8 channels a pass; head dims past the last whole pass go a
+// slice at a time (G1 D96: one pass of 64 and 4 slices; G2 D40: one pass of 32 and 1; G3 D56: 3 passes of 16 and 1).
+cases.push({ groupSize: 1, headDim: 96, numKvHeads: 2, blockSize: 16, numTokens: 41, dtype: 'f16', magnitude: 1, excludeFraction: 0.2 });
+cases.push({ groupSize: 2, headDim: 40, numKvHeads: 2, blockSize: 16, numTokens: 35, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
+cases.push({ groupSize: 3, headDim: 56, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'f16', magnitude: 1, excludeFraction: 0.1 });
 // GQA 8 and up runs 32-token chunks where a block holds them: blocks of 32 and 64, lengths off the chunk,
 // exclusions that leave chunks partly live (the vector score store's mask), two passes of 8 heads (16), and
 // one length long enough for the prefetch streams to run ahead across many blocks.

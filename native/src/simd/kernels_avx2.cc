@@ -79,25 +79,49 @@ struct Ops {
     }
     if (j < n) scores_n<BF16, GN>(q, G, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
-  // acc[g] += sum_j p[g][j] V_j for GN heads; the output slice stays in registers across the chunk, summed from
-  // zero and added to acc once (one rounding into the long sum a chunk, as the AVX-512 kernel). The live tokens'
-  // V rows and probabilities are gathered first (gather_live).
+  // Channels [c0, c0 + 8*SP) of GN heads over nl gathered live tokens (vrow, pt from gather_live): SP slices x GN
+  // heads of output in registers for the run, summed from zero and added to acc once (one rounding into the long
+  // sum a run of tokens, as the AVX-512 kernel). SP*GN = 8 below GQA 8: with one slice a pass, GQA 1 and 4 kept 1
+  // and 4 accumulators, each waiting out the FMA latency every token (4 cycles, 2 FMA pipes: 8 chains to fill them).
+  template <bool BF16, int GN, int SP>
+  static inline void value_slices(float* acc, int g0, int D, int c0, int nl, const uint16_t* const* vrow, const float* pt, kvoff::PrefetchCursor& pf) {
+    __m256 o[SP * GN];  // [SP slices][GN heads]
+    for (int k = 0; k < SP * GN; ++k) o[k] = _mm256_setzero_ps();
+    for (int t = 0; t < nl; ++t) {
+      for (int sl = 0; sl < SP; ++sl)
+        if (((c0 + 8 * sl) & 31) == 0) pf.step();  // a line of each stream a token and 32 channels
+      if constexpr (SP == 1) {  // GQA 8: GN broadcasts would not fit beside 8 accumulators in 16 registers
+        const __m256 v = cvt<BF16>(vrow[t] + c0);
+        for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(pt + t * GN + i), v, o[i]);
+      } else {
+        __m256 pb[GN];
+        for (int i = 0; i < GN; ++i) pb[i] = _mm256_broadcast_ss(pt + t * GN + i);
+        for (int sl = 0; sl < SP; ++sl) {
+          const __m256 v = cvt<BF16>(vrow[t] + c0 + 8 * sl);
+          for (int i = 0; i < GN; ++i) o[sl * GN + i] = _mm256_fmadd_ps(pb[i], v, o[sl * GN + i]);
+        }
+      }
+    }
+    for (int sl = 0; sl < SP; ++sl)
+      for (int i = 0; i < GN; ++i) {
+        float* a = acc + (g0 + i) * D + c0 + 8 * sl;
+        _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), o[sl * GN + i]));
+      }
+  }
+  // acc[g] += sum_j p[g][j] V_j for GN heads, in runs of kMaxLive tokens whose live V rows and probabilities are
+  // gathered first (gather_live), then in passes of SP slices (value_slices); channels past the last whole pass
+  // (head_dim 32 at GQA 1, say) go a slice at a time.
   template <bool BF16, int GN>
   static void accumulate_n(float* acc, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, const float* p, int C, kvoff::PrefetchCursor& pf) {
+    constexpr int SP = GN >= 8 ? 1 : 8 / GN;
     for (int j0 = 0; j0 < n; j0 += kMaxLive) {
       alignas(32) float pt[kMaxLive * GN];
       const uint16_t* vrow[kMaxLive];
       const int nl = gather_live<GN>(rows, rowBytes, D, j0, n - j0 < kMaxLive ? n - j0 : kMaxLive, live, p, g0, C, vrow, pt);
-      for (int c = 0; c < D; c += 8) {
-        __m256 o[GN];
-        for (int i = 0; i < GN; ++i) o[i] = _mm256_setzero_ps();
-        for (int t = 0; t < nl; ++t) {
-          if ((c & 31) == 0) pf.step();
-          const __m256 v = cvt<BF16>(vrow[t] + c);
-          for (int i = 0; i < GN; ++i) o[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(pt + t * GN + i), v, o[i]);
-        }
-        for (int i = 0; i < GN; ++i) _mm256_storeu_ps(acc + (g0 + i) * D + c, _mm256_add_ps(_mm256_loadu_ps(acc + (g0 + i) * D + c), o[i]));
-      }
+      int c = 0;
+      if constexpr (SP > 1)
+        for (; c + 8 * SP <= D; c += 8 * SP) value_slices<BF16, GN, SP>(acc, g0, D, c, nl, vrow, pt, pf);
+      for (; c < D; c += 8) value_slices<BF16, GN, 1>(acc, g0, D, c, nl, vrow, pt, pf);
     }
   }
   template <bool BF16>
