@@ -217,12 +217,12 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
   finish_heads(t, acc, m, l);
 }
 
-// 32 tokens a chunk from 8 query heads a KV head, 16 below. The chunk's fixed costs (the softmax of each
-// head, the output slices' loads and stores) are paid per head, and at GQA 8 they are a tenth of the
-// time at 16 (EPYC dev VM, one thread, D64 in L2: 123 -> 113 cycles a token). Below GQA 8, 32 was
-// slower (G1 D128 from DRAM -25%): the L1 stream of a bigger next chunk crowds L1.
+// 32 tokens a chunk from Ops::kLongChunksFromG query heads a KV head, 16 below. The chunk's fixed costs (the
+// softmax of each head, the output slices' loads and stores) are paid per head, and at GQA 8 they are a tenth of
+// the time at 16 (EPYC dev VM, one thread, D64 in L2: 123 -> 113 cycles a token). At GQA 1, 32 was slower (G1
+// D128 from DRAM -25%): the L1 stream of a bigger next chunk crowds L1.
 template <class Ops>
 void attend_head_impl(const kvoff::AttnTask& t) {
-  if (t.groupSize >= 8) attend_head_chunks<Ops, 32>(t);
+  if (t.groupSize >= Ops::kLongChunksFromG) attend_head_chunks<Ops, 32>(t);
   else attend_head_chunks<Ops, 16>(t);
 }

@@ -24,6 +24,9 @@ struct Ops {
   // scores take q blocked, [D/8, G, 8] (attention_impl.h's block_q): every head's load is one pointer plus a
   // constant, where G row pointers spilled out of x86's 16 registers at GQA 8.
   static constexpr bool kBlockedQ = true;
+  // 32-token chunks from GQA 4 (attend_head_impl): Zen 3 VM, harness, 5 alternating rounds, G4 D64 f16 28.4 -> 25.4
+  // ns a token, D128 47.5 -> 43.4, bf16 alike (bench/results/dev-zen3-avx2-g4-chunks-ab.txt).
+  static constexpr int kLongChunksFromG = 4;
   template <bool BF16>
   static inline __m256 cvt(const uint16_t* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));

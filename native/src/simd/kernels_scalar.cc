@@ -9,6 +9,7 @@ struct Ops {
   static constexpr int kLanes = 0;  // no fast path: the generic row loop is the scalar kernel
   static constexpr bool kPermBf16 = false;
   static constexpr bool kBlockedQ = false;
+  static constexpr int kLongChunksFromG = 8;
   template <bool BF16>
   static void scores(const float*, int, int, const uint8_t*, size_t, int, const bool*, float, float*, int, kvoff::PrefetchCursor&) {}
   template <bool BF16>
