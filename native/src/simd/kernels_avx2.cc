@@ -84,8 +84,9 @@ struct Ops {
   }
   // Channels [c0, c0 + 8*SP) of GN heads over nl gathered live tokens (vrow, pt from gather_live): SP slices x GN
   // heads of output in registers for the run, summed from zero and added to acc once (one rounding into the long
-  // sum a run of tokens, as the AVX-512 kernel). SP*GN = 8 below GQA 8: with one slice a pass, GQA 1 and 4 kept 1
-  // and 4 accumulators, each waiting out the FMA latency every token (4 cycles, 2 FMA pipes: 8 chains to fill them).
+  // sum a run of tokens, as the AVX-512 kernel). SP = 8/GN: 8 accumulators at GQA 1, 2 and 4 (6 at 3). With one
+  // slice a pass, GQA 1 and 4 kept 1 and 4, each waiting out the FMA latency every token (4 cycles, 2 FMA pipes: 8
+  // chains to fill them).
   template <bool BF16, int GN, int SP>
   static inline void value_slices(float* acc, int g0, int D, int c0, int nl, const uint16_t* const* vrow, const float* pt, kvoff::PrefetchCursor& pf) {
     __m256 o[SP * GN];  // [SP slices][GN heads]
