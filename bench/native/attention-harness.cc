@@ -40,7 +40,7 @@ int main() {
     munmap(a, mb); munmap(b, mb);
   }
   const char* only = getenv("ONLY");
-  int shapes[][2] = {{8, 64}, {8, 128}, {7, 64}, {7, 128}, {6, 128}, {5, 128}, {4, 64}, {4, 128}, {12, 128}, {16, 64}, {16, 128}, {1, 128}};
+  int shapes[][2] = {{8, 64}, {8, 128}, {7, 64}, {7, 128}, {6, 128}, {5, 128}, {4, 64}, {4, 128}, {12, 128}, {16, 64}, {16, 128}, {1, 64}, {1, 128}};
   for (auto& sh : shapes) {
     const int G = sh[0], D = sh[1];
     if (only && !strstr((std::string(",") + only + ",").c_str(), ("," + std::to_string(G * 1000 + D) + ",").c_str())) continue;
