@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 rounds=${ROUNDS:-5}
 dts=${DTS:-f16 bf16}
 only=${ONLY:-1064,1128,4064,4128,8064,8128}
-out=${OUT:-build/harness-ab}
+out=$(realpath -m "${OUT:-build/harness-ab}")
 mkdir -p "$out"
 names=()
 for rev in "$@"; do
@@ -23,7 +23,7 @@ for rev in "$@"; do
     git worktree add -q --detach "$tree" "$rev"
     # The revision's kernels with this checkout's harness, so that every binary runs the same shapes.
     cp bench/native/attention-harness.cc bench/native/attention-harness.sh "$tree/bench/native/"
-    (cd "$tree" && HARNESS_OUT="$OLDPWD/$out/$name" BUILD_ONLY=1 bash bench/native/attention-harness.sh)
+    (cd "$tree" && HARNESS_OUT="$out/$name" BUILD_ONLY=1 bash bench/native/attention-harness.sh)
     git worktree remove --force "$tree"
   fi
   names+=("$name")
@@ -35,7 +35,7 @@ for r in $(seq "$rounds"); do
     for dt in $dts; do
       # harness rows: TABLE DTYPE G<g> D<d> bs<b>: GB/s ... ratio R  NS ns/token ...
       DT=$dt ONLY=$only TABLES=${TABLES:-avx2} "$out/$name" |
-        awk -v n="$name" '$1 !~ /^(amx|memcpy)$/ && / ns\/token/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ns/token") print $2, $3, $4, $1, n, $i }' >> "$rows"
+        awk -v n="$name" '/ ns\/token/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ns/token") print $2, $3, $4, $1, n, $i }' >> "$rows"
     done
   done
 done
