@@ -2,7 +2,8 @@
 # A/B of the attention harness between git revisions, in alternating rounds (shared machines drift by 1.5x within
 # minutes, so only interleaved runs compare): builds bench/native/attention-harness.cc at each revision in a
 # throwaway worktree, then per round runs every revision on every dtype, and prints the median and min ns a token.
-#   usage: bash bench/native/harness-ab.sh REV_A REV_B [REV...]    (a revision may be WORKTREE: the files as they are)
+#   usage: bash bench/native/harness-ab.sh REV_A REV_B [REV...]    (a revision may be WORKTREE: the files as they are,
+#          or BIN:path, a harness binary built before, e.g. here for a machine without a compiler)
 #   env:   ROUNDS (5), DTS ("f16 bf16"), ONLY (1064,1128,4064,4128,8064,8128), TABLES (avx2), MB, BS, OUT (build/harness-ab)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +15,10 @@ out=$(realpath -m "${OUT:-build/harness-ab}")
 mkdir -p "$out"
 names=()
 for rev in "$@"; do
-  if [ "$rev" = WORKTREE ]; then
+  if [ "${rev#BIN:}" != "$rev" ]; then
+    name=$(basename "${rev#BIN:}")
+    [ "$out/$name" -ef "${rev#BIN:}" ] || cp "${rev#BIN:}" "$out/$name"
+  elif [ "$rev" = WORKTREE ]; then
     name=worktree
     HARNESS_OUT="$out/$name" BUILD_ONLY=1 bash bench/native/attention-harness.sh
   else
