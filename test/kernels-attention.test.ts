@@ -70,6 +70,10 @@ cases.push({ groupSize: 12, headDim: 64, numKvHeads: 1, blockSize: 32, numTokens
 cases.push({ groupSize: 1, headDim: 96, numKvHeads: 2, blockSize: 16, numTokens: 41, dtype: 'f16', magnitude: 1, excludeFraction: 0.2 });
 cases.push({ groupSize: 2, headDim: 40, numKvHeads: 2, blockSize: 16, numTokens: 35, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
 cases.push({ groupSize: 3, headDim: 56, numKvHeads: 1, blockSize: 32, numTokens: 70, dtype: 'f16', magnitude: 1, excludeFraction: 0.1 });
+// The score loops store whole groups of tokens, excluded ones too, and mask them after (mask_dead): exclusions at
+// GQA 2 and 4, whose AVX2 scores store 4 and 2 tokens a head at once.
+cases.push({ groupSize: 2, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 53, dtype: 'f16', magnitude: 1, excludeFraction: 0.35 });
+cases.push({ groupSize: 4, headDim: 128, numKvHeads: 1, blockSize: 32, numTokens: 77, dtype: 'bf16', magnitude: 1, excludeFraction: 0.25 });
 // GQA 8 and up runs 32-token chunks where a block holds them: blocks of 32 and 64, lengths off the chunk,
 // exclusions that leave chunks partly live (the vector score store's mask), two passes of 8 heads (16), and
 // one length long enough for the prefetch streams to run ahead across many blocks.

@@ -242,7 +242,7 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
     // 0.58-0.59 / 0.75-0.77; with one line a step as AVX-512 does: 0.65-0.66 / 0.51-0.52 (G8 D128 / G16).
     kvoff::PrefetchCursor pf = chunk_prefetch(t, p0 + n, C, KVOFF_PREFETCH_AHEAD, false);
     bool live[C];
-    const int nlive = mark_live(t, p0, n, &ex, live, s, C);
+    const int nlive = mark_live(t, p0, n, &ex, live);
     const int whole = n & ~15;
     for (int h = 0; h < whole; h += 16) {
       tile_scores<QT>(rows + h * rowBytes, rowBytes, G, D, qt, sbuf + h * G);
@@ -250,6 +250,7 @@ KVOFF_AMX_FN void attend_head(const kvoff::AttnTask& t) {
     }
     for (int h = 0; h < whole; h += 16) scores_to_heads(sbuf + h * G, G, live + h, t.scale, s + h, C);
     if (whole < n) Ops::template scores<true>(t.q, G, D, rows + whole * rowBytes, rowBytes, n - whole, live + whole, t.scale, s + whole, C, pf);
+    if (nlive < n) mask_dead(live, n, G, s, C);
     pf.l2_floor(2);
     if (nlive > 0) {
       softmax_chunk<Ops>(s, C, n, G, m, l, acc, D);

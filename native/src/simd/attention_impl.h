@@ -63,19 +63,25 @@ inline kvoff::PrefetchCursor chunk_prefetch(const kvoff::AttnTask& t, int next, 
   return pf;
 }
 
-// live[j] for the chunk's n tokens from p0, false for the excluded ones (whose scores s [G, C] become
-// -inf); *ex walks the sorted exclusion list across chunks. Returns how many are live.
-inline int mark_live(const kvoff::AttnTask& t, int p0, int n, int* ex, bool* live, float* s, int C) {
+// live[j] for the chunk's n tokens from p0, false for the excluded ones; *ex walks the sorted exclusion list
+// across chunks. Returns how many are live.
+inline int mark_live(const kvoff::AttnTask& t, int p0, int n, int* ex, bool* live) {
   int nlive = 0;
   for (int j = 0; j < n; ++j) {
     const bool skip = *ex < t.numExclude && t.exclude[*ex] == p0 + j;
     if (skip) ++*ex;
     live[j] = !skip;
     nlive += !skip;
-    if (skip)
-      for (int g = 0; g < t.groupSize; ++g) s[g * C + j] = -INFINITY;
   }
   return nlive;
+}
+
+// The excluded tokens' scores s [G, C] become -inf. After the scores, so that the score loops may store whole
+// vectors of tokens without a live test per token (whatever they left in a dead token's place is overwritten).
+inline void mask_dead(const bool* live, int n, int G, float* s, int C) {
+  for (int j = 0; j < n; ++j)
+    if (!live[j])
+      for (int g = 0; g < G; ++g) s[g * C + j] = -INFINITY;
 }
 
 // The online softmax step of one chunk: s [G, C] (n valid scores a head) becomes exp(s - m) with m the
@@ -168,7 +174,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
     // boundaries 13.3-14.5/10.7-10.9/6.5-6.6, both streams stepped 15.8-16.1/12.5/9.0 (memcpy 11.6-13.1).
     kvoff::PrefetchCursor pf = chunk_prefetch(t, p0 + n, C, kPrefetchAhead);
     bool live[C];
-    const int nlive = mark_live(t, p0, n, &ex, live, s, C);
+    const int nlive = mark_live(t, p0, n, &ex, live);
     if (fast) {
       if constexpr (Ops::kPermBf16) {
         if (perm) Ops::scores_bf16p(q, G, D, rows, rowBytes, n, live, t.scale, s, C, pf);
@@ -185,6 +191,7 @@ void attend_head_chunks(const kvoff::AttnTask& t) {
         for (int g = 0; g < G; ++g) s[g * C + j] = Ops::dot(t.q + g * D, kf, D) * t.scale;
       }
     }
+    if (nlive < n) mask_dead(live, n, G, s, C);
     pf.l2_floor(1);
     if (nlive > 0) {
       softmax_chunk<Ops>(s, C, n, G, m, l, acc, D);

@@ -58,13 +58,36 @@ struct Ops {
     const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
     return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
   }
+  // The 8 scores r = reduce8(acc) of TP = 8/GN tokens x GN heads, head-major (lane i*TP + u: head i, token u),
+  // to s [GN heads, C] at token j: a head's TP tokens are adjacent, so one store of TP floats a head. Dead tokens
+  // are stored too; mask_dead overwrites them after the scores. (A conditional scalar store per score, with the
+  // lane shuffles that fed it, took as long as the reduction: Zen 3, G4 D64, perf.)
+  template <int TP>
+  static inline void store_scores(__m256 r, float* s, int C) {
+    const __m128 lo = _mm256_castps256_ps128(r), hi = _mm256_extractf128_ps(r, 1);
+    if constexpr (TP == 8) {
+      _mm256_storeu_ps(s, r);
+    } else if constexpr (TP == 4) {
+      _mm_storeu_ps(s, lo);
+      _mm_storeu_ps(s + C, hi);
+    } else if constexpr (TP == 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(s), lo);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(s + C), lo);
+      _mm_storel_pi(reinterpret_cast<__m64*>(s + 2 * C), hi);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(s + 3 * C), hi);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, r);
+      for (int i = 0; i < 8; ++i) s[i * C] = tmp[i];
+    }
+  }
   // Scores of TP = 8/GN tokens x GN heads per step, reduced together (GN = 1, 2, 4 or 8).
   template <bool BF16, int GN>
   static void scores_tr(const float* q, int G, int g0, int D, const uint8_t* rows, size_t rowBytes, int n, const bool* live, float scale, float* s, int C, kvoff::PrefetchCursor& pf) {
     constexpr int TP = 8 / GN;
     int j = 0;
     for (; j + TP <= n; j += TP) {
-      __m256 acc[8];
+      __m256 acc[8];  // [GN heads][TP tokens]
       for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
       for (int c = 0; c < D; c += 8) {
         if ((c & 31) == 0)  // a line of each stream a token and 32 channels: with the value sums' steps, all of them
@@ -72,13 +95,10 @@ struct Ops {
         const float* qc = q + c * G + g0 * 8;
         for (int u = 0; u < TP; ++u) {
           const __m256 kv = cvt<BF16>(reinterpret_cast<const uint16_t*>(rows + (j + u) * rowBytes) + c);
-          for (int i = 0; i < GN; ++i) acc[u * GN + i] = _mm256_fmadd_ps(_mm256_loadu_ps(qc + i * 8), kv, acc[u * GN + i]);
+          for (int i = 0; i < GN; ++i) acc[i * TP + u] = _mm256_fmadd_ps(_mm256_loadu_ps(qc + i * 8), kv, acc[i * TP + u]);
         }
       }
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
-      for (int u = 0; u < TP; ++u)
-        for (int i = 0; i < GN; ++i) s[(g0 + i) * C + j + u] = live[j + u] ? tmp[u * GN + i] : -INFINITY;
+      store_scores<TP>(_mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)), s + g0 * C + j, C);
     }
     if (j < n) scores_n<BF16, GN>(q, G, g0, D, rows + j * rowBytes, rowBytes, n - j, live + j, scale, s + j, C, pf);
   }
