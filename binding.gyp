@@ -39,6 +39,7 @@
         "native/src/kv_scores.cc",
         "native/src/partial_key_scores.cc",
         "native/src/host_memcpy.cc",
+        "native/src/fma_rate.cc",
         "native/src/cuda_ops.cc",
         "native/src/retrieval_ops.cc",
         "native/src/cuda_args.cc",

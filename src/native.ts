@@ -222,6 +222,12 @@ export interface HostMemcpyResult {
   gbPerS: number; // bytes copied per second / 1e9 (each byte is read once and written once)
 }
 
+export interface FmaRateResult {
+  level: SimdLevel;
+  fmaPerSecond: number; // lane multiply-adds a second, one thread: the arithmetic ceiling beside memcpy's
+  checksum: number; // the chains' sum, returned so that they are not optimised away
+}
+
 /** A byte offset inside a device arena (cudaArenaCreate); device pointers never reach JS. */
 export interface DevRef {
   devHandle: number;
@@ -650,6 +656,8 @@ export interface NativeAddon {
   /** Pinned (cudaHostAlloc) H2D and D2H cudaMemcpyAsync timed with events; resolves ok=false with a reason rather than rejecting. */
   cudaBandwidth(o: { bytes: number; iterations?: number; device?: number }): Promise<CudaBandwidthResult>;
   hostMemcpyBandwidth(o: { bytes: number; threads: number; iterations?: number }): Promise<HostMemcpyResult>;
+  /** One thread's fp32 multiply-adds a second at the active SIMD level, register-only chains timed for `seconds` (0.2). */
+  fmaRate(o: { seconds?: number }): FmaRateResult;
   // ---- Device tier (CUDA). Without a usable GPU every entry below but cudaArenaTotals throws
   // KvoffDeviceError ("no usable GPU" / "CUDA not built", with the reason), after checking its arguments.
   /** cudaMalloc'd device memory (never managed); KvoffCapacityError with needed and free bytes when it does not fit. Contents undefined. */

@@ -130,6 +130,26 @@ describe('doctor native entry points', () => {
     expect(() => native().hostMemcpyBandwidth({ bytes: 100, threads: 1 })).toThrow(KvoffRangeError);
   });
 
+  it('measure one thread\'s FMA rate at every SIMD level, and check seconds', () => {
+    expect(() => native().fmaRate({ seconds: 0 })).toThrow('Expected a number of seconds in (0, 10] for fmaRate.seconds but received 0');
+    expect(() => native().fmaRate({ seconds: 11 })).toThrow(KvoffArgumentError);
+    expect(() => native().fmaRate({ seconds: 'x' as unknown as number })).toThrow('Expected a finite number for fmaRate.seconds but received "x"');
+    const initial = native().buildInfo().simd;
+    try {
+      for (const level of native().buildInfo().simdLevels) {
+        native().setSimd({ level });
+        const r = native().fmaRate({ seconds: 0.02 });
+        expect(r.level).toBe(level);
+        expect(r.fmaPerSecond).toBeGreaterThan(0);
+        // Each chain a -> 0.999a + 0.001 settles at 1, so the sum is the chain count x lanes (12, 12 x 8, 16 x 16):
+        // the chains ran, and stayed finite.
+        expect([12, 96, 256].some((n) => Math.abs(r.checksum - n) < 1e-3 * n), `${level} checksum ${r.checksum}`).toBe(true);
+      }
+    } finally {
+      native().setSimd({ level: initial });
+    }
+  });
+
   it('report "cannot measure" as a finding without a GPU, and measure host memcpy with any thread count', async () => {
     const mem = native().cudaMemInfo();
     const bw = await native().cudaBandwidth({ bytes: 1 << 20, iterations: 1 });

@@ -140,6 +140,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_kivi_attend_ops(env, exports);
   register_merge_topk_ops(env, exports);
   register_host_memcpy_ops(env, exports);
+  register_fma_rate_ops(env, exports);
   register_cuda_ops(env, exports);
   register_retrieval_ops(env, exports);
   register_kv_scores_ops(env, exports);

@@ -10,6 +10,7 @@ void register_kivi_ops(Napi::Env env, Napi::Object exports);
 void register_kivi_attend_ops(Napi::Env env, Napi::Object exports);
 void register_merge_topk_ops(Napi::Env env, Napi::Object exports);
 void register_host_memcpy_ops(Napi::Env env, Napi::Object exports);
+void register_fma_rate_ops(Napi::Env env, Napi::Object exports);
 void register_cuda_ops(Napi::Env env, Napi::Object exports);
 void register_retrieval_ops(Napi::Env env, Napi::Object exports);
 void register_kv_scores_ops(Napi::Env env, Napi::Object exports);

@@ -35,6 +35,11 @@ struct KernelTable {
   const char* name;
   void (*attend_head)(const AttnTask& task);
   SimdWidth width;
+  // `rounds` rounds of independent register-only fp32 multiply-add chains at this level's width, enough chains to
+  // fill every FMA pipe; returns the multiply-adds done (lanes x chains x rounds) and leaves their sum in *sink so
+  // they are not optimised away. Timed by the caller (fmaRate): the arithmetic ceiling the attention kernel's
+  // 2 x groupSize x headDim multiply-adds a token are held against.
+  double (*fma_burst)(long rounds, float* sink);
 };
 
 // Per-thread fp32 scratch, grown on demand. Lives in the scalar TU so that no std:: template is

@@ -38,11 +38,26 @@ struct Ops {
   }
 };
 #include "simd/attention_impl.h"
+
+// The scalar level's multiply-adds, written as its kernel writes them (a multiply, then an add: no FMA in this
+// translation unit's flags); the compiler may pack the 12 chains into SSE, as it may the kernel's loops.
+double fma_burst(long rounds, float* sink) {
+  constexpr int K = 12;
+  float a[K];
+  for (int i = 0; i < K; ++i) a[i] = 1.f + 0.001f * i;
+  const float x = 0.999f, y = 0.001f;
+  for (long r = 0; r < rounds; ++r)
+    for (int i = 0; i < K; ++i) a[i] = a[i] * x + y;
+  float s = 0.f;
+  for (int i = 0; i < K; ++i) s += a[i];
+  *sink = s;
+  return static_cast<double>(rounds) * K;
+}
 }  // namespace kvoff_scalar
 
 namespace kvoff {
 const KernelTable& kernels_scalar() {
-  static const KernelTable table{"scalar", &kvoff_scalar::attend_head_impl<kvoff_scalar::Ops>, SimdWidth::Scalar};
+  static const KernelTable table{"scalar", &kvoff_scalar::attend_head_impl<kvoff_scalar::Ops>, SimdWidth::Scalar, &kvoff_scalar::fma_burst};
   return table;
 }
 }  // namespace kvoff
