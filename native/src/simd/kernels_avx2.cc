@@ -232,18 +232,12 @@ struct Ops {
 };
 #include "simd/attention_impl.h"
 
+#include "simd/fma_burst.h"
 // 12 chains: 2 FMA pipes x 4 cycles of latency need 8 (Zen 3, Intel cores since Skylake); 12 + x + y fit in 16 registers.
 double fma_burst(long rounds, float* sink) {
-  constexpr int K = 12;
-  __m256 a[K];
-  for (int i = 0; i < K; ++i) a[i] = _mm256_set1_ps(1.f + 0.001f * i);
-  const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);  // a -> a*x + y stays near 1: no subnormals, no inf
-  for (long r = 0; r < rounds; ++r)
-#pragma GCC unroll 12
-    for (int i = 0; i < K; ++i) a[i] = _mm256_fmadd_ps(a[i], x, y);
-  for (int i = 1; i < K; ++i) a[0] = _mm256_add_ps(a[0], a[i]);
-  *sink = hsum(a[0]);
-  return static_cast<double>(rounds) * K * 8;
+  return fma_burst_chains<__m256, 12, 8>(rounds, sink, [](float v) { return _mm256_set1_ps(v); },
+      [](__m256 a, __m256 x, __m256 y) { return _mm256_fmadd_ps(a, x, y); }, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); },
+      [](__m256 a) { return hsum(a); });
 }
 }  // namespace kvoff_avx2
 

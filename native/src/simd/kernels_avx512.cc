@@ -278,18 +278,12 @@ static void attend_head_amx(const kvoff::AttnTask& t) {
 }
 #endif
 
+#include "simd/fma_burst.h"
 // 16 chains: 2 FMA ports x 4 cycles of latency need 8; AVX-512 has 32 registers to spare.
 double fma_burst(long rounds, float* sink) {
-  constexpr int K = 16;
-  __m512 a[K];
-  for (int i = 0; i < K; ++i) a[i] = _mm512_set1_ps(1.f + 0.001f * i);
-  const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);  // a -> a*x + y stays near 1: no subnormals, no inf
-  for (long r = 0; r < rounds; ++r)
-#pragma GCC unroll 16
-    for (int i = 0; i < K; ++i) a[i] = _mm512_fmadd_ps(a[i], x, y);
-  for (int i = 1; i < K; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
-  *sink = _mm512_reduce_add_ps(a[0]);
-  return static_cast<double>(rounds) * K * 16;
+  return fma_burst_chains<__m512, 16, 16>(rounds, sink, [](float v) { return _mm512_set1_ps(v); },
+      [](__m512 a, __m512 x, __m512 y) { return _mm512_fmadd_ps(a, x, y); }, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); },
+      [](__m512 a) { return _mm512_reduce_add_ps(a); });
 }
 }  // namespace kvoff_avx512
 

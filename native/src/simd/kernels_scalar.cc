@@ -41,17 +41,10 @@ struct Ops {
 
 // The scalar level's multiply-adds, written as its kernel writes them (a multiply, then an add: no FMA in this
 // translation unit's flags); the compiler may pack the 12 chains into SSE, as it may the kernel's loops.
+#include "simd/fma_burst.h"
 double fma_burst(long rounds, float* sink) {
-  constexpr int K = 12;
-  float a[K];
-  for (int i = 0; i < K; ++i) a[i] = 1.f + 0.001f * i;
-  const float x = 0.999f, y = 0.001f;
-  for (long r = 0; r < rounds; ++r)
-    for (int i = 0; i < K; ++i) a[i] = a[i] * x + y;
-  float s = 0.f;
-  for (int i = 0; i < K; ++i) s += a[i];
-  *sink = s;
-  return static_cast<double>(rounds) * K;
+  return fma_burst_chains<float, 12, 1>(rounds, sink, [](float v) { return v; }, [](float a, float x, float y) { return a * x + y; },
+      [](float a, float b) { return a + b; }, [](float a) { return a; });
 }
 }  // namespace kvoff_scalar
 
