@@ -74,6 +74,11 @@ cases.push({ groupSize: 3, headDim: 56, numKvHeads: 1, blockSize: 32, numTokens:
 // GQA 2 and 4, whose AVX2 scores store 4 and 2 tokens a head at once.
 cases.push({ groupSize: 2, headDim: 64, numKvHeads: 2, blockSize: 16, numTokens: 53, dtype: 'f16', magnitude: 1, excludeFraction: 0.35 });
 cases.push({ groupSize: 4, headDim: 128, numKvHeads: 1, blockSize: 32, numTokens: 77, dtype: 'bf16', magnitude: 1, excludeFraction: 0.25 });
+// AVX2 scores GQA 4 three tokens a step, then a tail of one or two: blocks of 12 (chunks of whole steps) and 6;
+// GQA 1 with every token live reads its value rows in place (no gather), here over blocks of 24.
+cases.push({ groupSize: 4, headDim: 64, numKvHeads: 2, blockSize: 12, numTokens: 61, dtype: 'f16', magnitude: 1, excludeFraction: 0.15 });
+cases.push({ groupSize: 4, headDim: 128, numKvHeads: 1, blockSize: 6, numTokens: 29, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
+cases.push({ groupSize: 1, headDim: 128, numKvHeads: 2, blockSize: 24, numTokens: 50, dtype: 'bf16', magnitude: 1, excludeFraction: 0 });
 // GQA 8 and up runs 32-token chunks where a block holds them: blocks of 32 and 64, lengths off the chunk,
 // exclusions that leave chunks partly live (the vector score store's mask), two passes of 8 heads (16), and
 // one length long enough for the prefetch streams to run ahead across many blocks.

@@ -21,6 +21,7 @@ struct Ops {
   // sums are unchanged.
   static constexpr int kBF16Perm = 2;
   static constexpr bool kPermBf16 = true;
+  static constexpr bool kSplitSoftmax = false;
   static constexpr bool kBlockedQ = false;  // blocked q is unmeasured here: bench/native/avx512-blocked-q-experiment.patch
   static constexpr int kLongChunksFromG = 8;  // 32-token chunks from GQA 8; GQA 4 at 32 is unmeasured here (AVX2 gained)
   // Channels [c, c + 16) of the row at base, in CV's order (c a multiple of 16).

@@ -8,6 +8,7 @@ namespace kvoff_scalar {
 struct Ops {
   static constexpr int kLanes = 0;  // no fast path: the generic row loop is the scalar kernel
   static constexpr bool kPermBf16 = false;
+  static constexpr bool kSplitSoftmax = false;
   static constexpr bool kBlockedQ = false;
   static constexpr int kLongChunksFromG = 8;
   template <bool BF16>
