@@ -319,7 +319,6 @@ struct Ops {
     for (; i < n; ++i) r += x[i];
     return r;
   }
-
 };
 #include "simd/attention_impl.h"
 
