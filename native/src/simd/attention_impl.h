@@ -90,9 +90,10 @@ inline void mask_dead(const bool* live, int n, int G, float* s, int C) {
 }
 
 // Head g's running max grows to mn: its acc slice [D] and running sum l scale by exp(old max - mn).
-inline void rescale_head(int g, float mn, float* m, float* l, float* acc, int D, void (*scal)(float*, float, int)) {
+template <class Ops>
+inline void rescale_head(int g, float mn, float* m, float* l, float* acc, int D) {
   const float alpha = m[g] == -INFINITY ? 0.f : std::exp(m[g] - mn);
-  scal(acc + g * D, alpha, D);
+  Ops::scal(acc + g * D, alpha, D);
   l[g] *= alpha;
   m[g] = mn;
 }
@@ -104,7 +105,7 @@ template <class Ops>
 inline void softmax_chunk_split(float* s, int C, int n, int G, float* m, float* l, float* acc, int D) {
   for (int g = 0; g < G; ++g) {
     const float cm = Ops::max_n(s + g * C, n);
-    if (cm > m[g]) rescale_head(g, cm, m, l, acc, D, Ops::scal);
+    if (cm > m[g]) rescale_head<Ops>(g, cm, m, l, acc, D);
   }
   for (int g = 0; g < G; ++g) Ops::exp_shift(s + g * C, n, m[g]);
   for (int g = 0; g < G; ++g) l[g] += Ops::sum_n(s + g * C, n);
@@ -120,7 +121,7 @@ inline void softmax_chunk(float* s, int C, int n, int G, float* m, float* l, flo
     float* sg = s + g * C;
     const float cm = Ops::max_n(sg, n);
     const float mn = cm > m[g] ? cm : m[g];
-    if (mn > m[g]) rescale_head(g, mn, m, l, acc, D, Ops::scal);
+    if (mn > m[g]) rescale_head<Ops>(g, mn, m, l, acc, D);
     // One vector pass: these used to be scalar loops with serial max and sum chains, a tenth of the
     // kernel's time at GQA 8 (about 30 of 225 cycles a token-head in L2 on the EPYC dev VM).
     l[g] += Ops::exp_shift_sum(sg, n, mn);

@@ -22,8 +22,8 @@ struct Ops {
   static constexpr int kBF16Perm = 2;
   static constexpr bool kPermBf16 = true;
   static constexpr bool kSplitSoftmax = false;
-  static constexpr bool kBlockedQ = false;  // blocked q is unmeasured here: bench/native/avx512-blocked-q-experiment.patch
-  static constexpr int kLongChunksFromG = 8;  // 32-token chunks from GQA 8; GQA 4 at 32 is unmeasured here (AVX2 gained)
+  static constexpr bool kBlockedQ = false;  // blocked q was slower on host A: bench/native/avx512-blocked-q-experiment.patch
+  static constexpr int kLongChunksFromG = 8;  // 32-token chunks from GQA 8; at GQA 4 host A was mixed (README)
   // Channels [c, c + 16) of the row at base, in CV's order (c a multiple of 16).
   template <int CV>
   static inline __m512 cvt(const uint16_t* base, int c) {
